@@ -1,0 +1,1 @@
+"""The cloud aggregator: enrollment, rounds, encrypted aggregation, key custody and the model registry."""

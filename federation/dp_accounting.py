@@ -1,0 +1,48 @@
+"""DP-SGD privacy accounting as a pure function of (noise_multiplier, sample_rate, steps) history.
+
+Nodes keep the history and send it; the cloud recomputes epsilon from it rather than trusting a number.
+Cumulative epsilon composes the whole history in one accountant (not a sum of per-round epsilons).
+The accountants are Opacus': PRV (Gopi et al. 2021) and RDP (Mironov 2017; Mironov et al. 2019).
+Unit of privacy: one training window (record); delta is stated with every epsilon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+ACCOUNTANTS = ("prv", "rdp")
+DEFAULT_DELTA = 1e-5
+UNIT = "window"
+
+Step = tuple[float, float, int]  # (noise_multiplier, sample_rate, steps)
+
+
+@dataclass(frozen=True)
+class EpsilonReport:
+    value: float
+    delta: float
+    unit: str
+    accountant: str
+
+    def as_dict(self) -> dict:
+        return {"value": self.value, "delta": self.delta, "unit": self.unit, "accountant": self.accountant}
+
+
+def epsilon(history: Sequence[Step], *, delta: float = DEFAULT_DELTA, accountant: str = "prv") -> float:
+    """Epsilon at `delta` after all steps in `history`; 0.0 for an empty history."""
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    steps = [(float(s), float(q), int(n)) for s, q, n in history if n > 0]
+    for s, q, n in steps:
+        if not (s > 0 and 0 < q <= 1):
+            raise ValueError(f"invalid DP-SGD step: noise_multiplier={s}, sample_rate={q}, steps={n}")
+    if not steps:
+        return 0.0
+    from opacus.accountants import create_accountant
+
+    acc = create_accountant(mechanism=accountant)
+    acc.history = list(steps)
+    return float(acc.get_epsilon(delta=delta))

@@ -1,0 +1,1 @@
+"""The gateway tier (and the hospital node): durable ingest, DP-SGD training, encrypted signed submissions."""

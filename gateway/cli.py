@@ -1,0 +1,83 @@
+"""`wearfed gateway run` and `wearfed hospital run`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from pathlib import Path
+
+from federation.config import add_config_flag, apply_config
+
+
+def _node_flags(p: argparse.ArgumentParser, *, kind: str) -> None:
+    add_config_flag(p)
+    example = "gw-1" if kind == "gateway" else "hosp-1"
+    p.add_argument("--id", required=True, help=f"this {kind}'s participant id (e.g. {example})")
+    p.add_argument("--cloud-url", default="http://127.0.0.1:8080")
+    p.add_argument("--state-dir", type=Path, required=True, help="keys, node state, local database")
+    p.add_argument("--enroll-token", default=os.environ.get("WEARFED_ENROLL_TOKEN"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise-multiplier", type=float, default=1.0, help="DP-SGD Gaussian noise multiplier")
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="DP-SGD per-sample clipping norm")
+    p.add_argument("--batch-size", type=int, default=64, help="expected batch size (Poisson sampling)")
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--delta", type=float, default=1e-5)
+    p.add_argument("--accountant", choices=("prv", "rdp"), default="prv")
+    p.add_argument("--epsilon-cap", type=float, default=10.0, help="cumulative epsilon cap per window")
+    p.add_argument("--log-level", default="info")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    gw = sub.add_parser("gateway", help="an edge gateway daemon")
+    gw_sub = gw.add_subparsers(dest="gateway_cmd", required=True)
+    run = gw_sub.add_parser("run", help="ingest device telemetry and take part in rounds until SIGTERM")
+    _node_flags(run, kind="gateway")
+    run.add_argument("--broker-host", default="127.0.0.1")
+    run.add_argument("--broker-port", type=int, default=1883)
+    run.add_argument("--username")
+    run.add_argument("--password")
+    run.set_defaults(func=_run_gateway)
+
+    hosp = sub.add_parser("hospital", help="a hospital node training on local clinical data")
+    hosp_sub = hosp.add_subparsers(dest="hospital_cmd", required=True)
+    hrun = hosp_sub.add_parser("run", help="take part in rounds until SIGTERM")
+    _node_flags(hrun, kind="hospital")
+    hrun.add_argument("--data", type=Path, required=True, help="CSV with columns patient,time,glucose")
+    hrun.set_defaults(func=_run_hospital)
+
+
+def _node_config(args: argparse.Namespace, kind: str):  # noqa: ANN202
+    apply_config(args)
+    from federation.logs import setup_logging
+    from gateway.node import NodeConfig
+    from gateway.trainer import DPConfig
+
+    setup_logging(args.log_level, name=f"{kind}:{args.id}")
+    if not args.enroll_token:
+        raise SystemExit("--enroll-token (or WEARFED_ENROLL_TOKEN) is required")
+    import torch
+
+    torch.set_num_threads(1)  # several nodes share a small machine; one core each
+    dp = DPConfig(noise_multiplier=args.noise_multiplier, max_grad_norm=args.max_grad_norm,
+                  expected_batch_size=args.batch_size, lr=args.lr, delta=args.delta, accountant=args.accountant,
+                  epsilon_cap=args.epsilon_cap)
+    return NodeConfig(participant_id=args.id, kind=kind, cloud_url=args.cloud_url, state_dir=args.state_dir,
+                      enroll_token=args.enroll_token, dp=dp, seed=args.seed)
+
+
+def _run_gateway(args: argparse.Namespace) -> int:
+    from gateway.daemon import run_gateway
+
+    cfg = _node_config(args, "gateway")
+    asyncio.run(run_gateway(cfg, broker_host=args.broker_host, broker_port=args.broker_port,
+                            username=args.username, password=args.password))
+    return 0
+
+
+def _run_hospital(args: argparse.Namespace) -> int:
+    from gateway.hospital import run_hospital
+
+    cfg = _node_config(args, "hospital")
+    asyncio.run(run_hospital(cfg, args.data))
+    return 0

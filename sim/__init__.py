@@ -1,0 +1,1 @@
+"""Simulation and studies: cohorts, the replay orchestrator, the demo, evaluation and reports."""

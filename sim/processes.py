@@ -1,0 +1,70 @@
+"""Starting and stopping the federation's real processes (each a `wearfed` subcommand) for a replay."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class ProcessGroup:
+    log_dir: Path
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    finite: set[str] = field(default_factory=set)  # processes that end by themselves (fleets)
+
+    def start(self, name: str, args: list[str], *, env: dict[str, str] | None = None,
+              finite: bool = False) -> subprocess.Popen:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        proc = subprocess.Popen([sys.executable, "-m", "federation.cli", *args], stdout=log, stderr=log,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+        self.procs[name] = proc
+        if finite:
+            self.finite.add(name)
+        return proc
+
+    def check_alive(self, *names: str) -> None:
+        """Raise if a daemon has exited, or if any process has exited with an error."""
+        for name in names or tuple(self.procs):
+            code = self.procs[name].poll()
+            if code is not None and (code != 0 or name not in self.finite):
+                tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{name} exited with code {code}; last log lines:\n{tail}")
+
+    def stop(self, name: str, *, timeout: float = 15.0) -> int | None:
+        proc = self.procs[name]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.procs)):
+            self.stop(name)
+
+
+def read_json(path: Path) -> dict:
+    """Read a status file written atomically by another process; {} while it does not exist yet."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def wait_until(predicate, *, timeout: float, what: str, interval: float = 0.2) -> None:  # noqa: ANN001
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
