@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.custodian import Custodian
 from cloud.db import Event, ModelVersion, Participant, Refusal, Round, Update, utcnow
-from cloud.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from cloud.errors import BadRequest, CloudError, Conflict, Forbidden, NotFound, Unauthorized
 from federation import ckks, model
 from federation.errors import SignatureError
 from federation.signing import REFUSAL_DOMAIN, verify
@@ -64,10 +64,22 @@ class Federation:
                 self._audit(s, "model.initialised", "cloud", version=0, seed=seed)
 
     # -- enrollment ------------------------------------------------------------------------------
-    def enroll(self, req: Enrollment) -> dict:
-        if not hmac.compare_digest(req.token.encode(), self._enroll_token.encode()):
+    def _audited(self, kind: str, actor: str, call, **detail: object):  # noqa: ANN001, ANN202
+        """Run `call`; a refusal (CloudError) is written to the audit log in its own transaction, then re-raised."""
+        try:
+            return call()
+        except CloudError as exc:
             with self.sessions.begin() as s:
-                self._audit(s, "access.denied", req.participant_id, action="enroll", reason="bad token")
+                self._audit(s, "access.denied" if exc.status in (401, 403) else kind, actor,
+                            status=exc.status, reason=exc.reason, **detail)
+            raise
+
+    def enroll(self, req: Enrollment) -> dict:
+        return self._audited("enrollment.rejected", req.participant_id, lambda: self._enroll(req),
+                             action="enroll")
+
+    def _enroll(self, req: Enrollment) -> dict:
+        if not hmac.compare_digest(req.token.encode(), self._enroll_token.encode()):
             raise Forbidden("enrollment token is not valid")
         try:
             raw = base64.b64decode(req.public_key, validate=True)
@@ -148,6 +160,11 @@ class Federation:
         return r
 
     def submit(self, round_id: int, sub: Submission, *, body_bytes: int) -> dict:
+        return self._audited("update.rejected", sub.envelope.participant,
+                             lambda: self._submit(round_id, sub, body_bytes=body_bytes), action="submit",
+                             round=round_id)
+
+    def _submit(self, round_id: int, sub: Submission, *, body_bytes: int) -> dict:
         env = sub.envelope
         if env.round != round_id:
             raise BadRequest(f"envelope is for round {env.round}, posted to round {round_id}")
@@ -158,13 +175,10 @@ class Federation:
         with self._lock, self.sessions.begin() as s:
             p = s.get(Participant, env.participant)
             if p is None:
-                self._audit(s, "access.denied", env.participant, action="submit", round=round_id,
-                            reason="not enrolled")
                 raise Forbidden(f"participant {env.participant} is not enrolled")
             try:
                 verify(p.public_key, env.model_dump(mode="json"), sub.signature)
             except SignatureError as exc:
-                self._audit(s, "update.rejected", env.participant, round=round_id, reason=str(exc))
                 raise Unauthorized(str(exc)) from exc
             digest = hashlib.sha256(ciphertext).hexdigest()
             if digest != env.ciphertext_sha256:
@@ -174,7 +188,6 @@ class Federation:
             if prior is not None:
                 if prior.idempotency_key == env.idempotency_key and prior.ciphertext_sha256 == digest:
                     return {"status": "accepted", "duplicate": True, "round": round_id}
-                self._audit(s, "update.rejected", env.participant, round=round_id, reason="duplicate")
                 raise Conflict(f"participant {env.participant} already submitted to round {round_id}")
             r = self._collecting(s, round_id)
             if env.participant not in r.expected:
@@ -185,7 +198,6 @@ class Federation:
             try:
                 n = ckks.check(self.public_context, ciphertext)
             except ckks.CKKSError as exc:
-                self._audit(s, "update.rejected", env.participant, round=round_id, reason=str(exc))
                 raise BadRequest(str(exc)) from exc
             if n != model.N_PARAMS:
                 raise BadRequest(f"update has {n} values, {model.ARCHITECTURE} has {model.N_PARAMS}")
@@ -200,6 +212,10 @@ class Federation:
         return {"status": "accepted", "duplicate": False, "round": round_id}
 
     def refuse(self, round_id: int, msg: RefusalMsg) -> dict:
+        return self._audited("refusal.rejected", msg.participant, lambda: self._refuse(round_id, msg),
+                             action="refuse", round=round_id)
+
+    def _refuse(self, round_id: int, msg: RefusalMsg) -> dict:
         if msg.round != round_id:
             raise BadRequest(f"refusal is for round {msg.round}, posted to round {round_id}")
         with self._lock, self.sessions.begin() as s:

@@ -64,9 +64,15 @@ def _unpack(ctx: ts.Context, blob: bytes) -> tuple[int, list[ts.CKKSVector]]:
         n, parts = int(doc["n"]), doc["ct"]
         if not isinstance(parts, list) or len(parts) != -(-n // SLOTS):
             raise ValueError(f"{len(parts)} ciphertexts for {n} values")
-        return n, [ts.ckks_vector_from(ctx, p) for p in parts]
+        vectors = [ts.ckks_vector_from(ctx, p) for p in parts]
     except Exception as exc:
         raise CKKSError(f"malformed ciphertext blob: {exc}") from exc
+    # TenSEAL parses some garbage into an empty vector instead of failing: check every chunk's length.
+    for i, v in enumerate(vectors):
+        want = min(SLOTS, n - i * SLOTS)
+        if v.size() != want:
+            raise CKKSError(f"malformed ciphertext blob: chunk {i} holds {v.size()} values, expected {want}")
+    return n, vectors
 
 
 def sum_encrypted(ctx: ts.Context, blobs: Sequence[bytes]) -> bytes:

@@ -105,8 +105,8 @@ def to_torch(weights: np.ndarray):  # -> torch.nn.Module; torch is imported only
     linear = [m for m in module.mlp if isinstance(m, nn.Linear)]
     with torch.no_grad():
         for lin, (w, b) in zip(linear, unflatten(np.asarray(weights, dtype=np.float32)), strict=True):
-            lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
-            lin.bias.copy_(torch.from_numpy(np.ascontiguousarray(b)))
+            lin.weight.copy_(torch.tensor(w))
+            lin.bias.copy_(torch.tensor(b))
     return module
 
 

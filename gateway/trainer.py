@@ -57,6 +57,11 @@ def train_dp(weights: np.ndarray, x: np.ndarray, y: np.ndarray, *, cfg: DPConfig
 
     if len(x) == 0:
         raise ValueError("no training windows")
+    # Opacus warns that its RNG is not cryptographically secure (determinism by seed is wanted in simulation)
+    # and torch that inputs need no gradient (they are data); neither is actionable. Filters are process-wide
+    # because training runs in worker threads, where catch_warnings() is not safe.
+    warnings.filterwarnings("ignore", message="Secure RNG turned off")
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     torch.manual_seed(seed)
     net = model.to_torch(weights)
     optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9)
@@ -65,15 +70,11 @@ def train_dp(weights: np.ndarray, x: np.ndarray, y: np.ndarray, *, cfg: DPConfig
     loader = DataLoader(data, batch_size=max(1, int(round(q * len(x)))))
     engine = PrivacyEngine(accountant=cfg.accountant)
     loss_fn = torch.nn.MSELoss()
-    with warnings.catch_warnings():
-        # Opacus warns that its RNG is not cryptographically secure (determinism by seed is wanted in
-        # simulation) and torch that inputs need no gradient (they are data); neither is actionable.
-        warnings.simplefilter("ignore", UserWarning)
-        net, optimizer, loader = engine.make_private(module=net, optimizer=optimizer, data_loader=loader,
-                                                     noise_multiplier=cfg.noise_multiplier,
-                                                     max_grad_norm=cfg.max_grad_norm, poisson_sampling=True)
-        net.train()
-        done, total_loss, batches = _run_steps(net, optimizer, loader, loss_fn, steps)
+    net, optimizer, loader = engine.make_private(module=net, optimizer=optimizer, data_loader=loader,
+                                                 noise_multiplier=cfg.noise_multiplier,
+                                                 max_grad_norm=cfg.max_grad_norm, poisson_sampling=True)
+    net.train()
+    _done, total_loss, batches = _run_steps(net, optimizer, loader, loss_fn, steps)
     return TrainResult(weights=model.from_torch(net), n_samples=len(x), steps=steps, sample_rate=q,
                        loss=total_loss / max(batches, 1))
 

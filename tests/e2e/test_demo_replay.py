@@ -1,0 +1,57 @@
+"""End to end: a reduced demo with real processes (Mosquitto, uvicorn cloud, gateways, hospital, fleet)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from sim.demo import DemoConfig, run_demo
+
+
+def test_reduced_demo_federates_without_losing_a_reading(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = DemoConfig(out=out, gateways=2, devices_per_gateway=3, hospitals=1, hospital_patients=6, days=1.0,
+                     rounds=3, heldout_patients=6, broker="mosquitto")
+    summary = run_demo(cfg)
+
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert summary["scenario"] == "demo" and summary["broker"] == "mosquitto"
+    everyone = ["gw-1", "gw-2", "hosp-1"]
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    for r in rounds:
+        assert r["state"] == "completed", r
+        assert sorted(r["participants"]) == everyone
+        assert r["bytes_up"] > 0 and r["seconds"] > 0
+        for p in everyone:
+            eps = r["epsilon"][p]
+            assert eps["value"] > 0 and eps["delta"] == 1e-5
+            assert eps["unit"] == "window" and eps["accountant"] == "prv"
+        assert r["rmse30"] > 0 and r["persistence_rmse30"] > 0
+    # cumulative epsilon only grows
+    for p in everyone:
+        values = [r["epsilon"][p]["value"] for r in rounds]
+        assert values == sorted(values) and values[-1] > values[0]
+    assert rounds[-1]["rmse30"] < rounds[0]["rmse30"], [r["rmse30"] for r in rounds]
+
+    readings = summary["readings"]
+    expected = 2 * 3 * 288
+    assert readings["published"] == expected
+    assert readings["ingested"] == expected and readings["lost"] == 0 and readings["rejected"] == 0
+
+    with sqlite3.connect(out / "cloud.db") as db:
+        versions = [v for (v,) in db.execute("SELECT version FROM models ORDER BY version")]
+        kinds = {k for (k,) in db.execute("SELECT kind FROM events")}
+    assert versions == [0, 1, 2, 3]
+    assert {"round.opened", "update.accepted", "aggregate.decrypted"} <= kinds
+
+
+def test_demo_refuses_to_overwrite_a_foreign_directory(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not written by wearfed"):
+        run_demo(DemoConfig(out=tmp_path))
+    assert (tmp_path / "precious.txt").read_text() == "keep me"

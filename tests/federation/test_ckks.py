@@ -1,0 +1,54 @@
+"""CKKS helpers: encrypted sum equals the plaintext twin, public contexts cannot decrypt, bad blobs are refused."""
+
+from __future__ import annotations
+
+import cbor2
+import numpy as np
+import pytest
+
+from federation import ckks, model
+
+
+@pytest.fixture(scope="module")
+def contexts():  # noqa: ANN201
+    secret = ckks.new_secret_context()
+    return secret, ckks.load_context(ckks.public_bytes(secret))
+
+
+def test_encrypted_sum_matches_plain_sum(contexts) -> None:  # noqa: ANN001
+    secret, public = contexts
+    rng = np.random.default_rng(0)
+    updates = [rng.normal(0, 0.01, model.N_PARAMS) * rng.integers(100, 5000) for _ in range(10)]
+    summed = ckks.sum_encrypted(public, [ckks.encrypt(public, u) for u in updates])
+    got = ckks.decrypt(secret, summed)
+    want = ckks.sum_plain(updates)
+    assert got.shape == (model.N_PARAMS,)
+    assert np.max(np.abs(got - want)) < 1e-4 * np.max(np.abs(want))
+
+
+def test_vectors_longer_than_the_slots_span_several_ciphertexts(contexts) -> None:  # noqa: ANN001
+    secret, public = contexts
+    v = np.linspace(-1, 1, ckks.SLOTS + 17)
+    blob = ckks.encrypt(public, v)
+    assert len(cbor2.loads(blob)["ct"]) == 2
+    np.testing.assert_allclose(ckks.decrypt(secret, blob), v, atol=1e-6)
+
+
+def test_public_context_holds_no_secret(contexts) -> None:  # noqa: ANN001
+    _secret, public = contexts
+    with pytest.raises(ckks.CKKSError, match="no secret key"):
+        ckks.decrypt(public, ckks.encrypt(public, np.ones(3)))
+
+
+@pytest.mark.parametrize("blob", [b"", b"junk", cbor2.dumps({"n": 3}), cbor2.dumps({"n": 3, "ct": [b"xx"]}),
+                                  cbor2.dumps({"n": 5000, "ct": []})])
+def test_malformed_blobs_raise_ckks_error(contexts, blob: bytes) -> None:  # noqa: ANN001
+    _secret, public = contexts
+    with pytest.raises(ckks.CKKSError):
+        ckks.check(public, blob)
+
+
+def test_length_mismatch_is_refused(contexts) -> None:  # noqa: ANN001
+    _secret, public = contexts
+    with pytest.raises(ckks.CKKSError, match="length mismatch"):
+        ckks.sum_encrypted(public, [ckks.encrypt(public, np.ones(3)), ckks.encrypt(public, np.ones(4))])
