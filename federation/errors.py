@@ -3,6 +3,7 @@
     WearfedError
     ├── SchemaError        a message or file does not match its versioned schema
     ├── SignatureError     an Ed25519 signature or key does not verify
+    ├── VerificationError  a Merkle proof or signed checkpoint does not verify (federation.merkle)
     └── ConfigError        a configuration value is missing or impossible
 """
 
