@@ -11,15 +11,16 @@ import pytest
 from sim.demo import DemoConfig, run_demo
 
 
-def test_reduced_demo_federates_without_losing_a_reading(tmp_path: Path) -> None:
+@pytest.mark.parametrize("broker", ["mosquitto", pytest.param("amqtt", marks=pytest.mark.slow)])
+def test_reduced_demo_federates_without_losing_a_reading(tmp_path: Path, broker: str) -> None:
     out = tmp_path / "run"
     cfg = DemoConfig(out=out, gateways=2, devices_per_gateway=3, hospitals=1, hospital_patients=6, days=1.0,
-                     rounds=3, heldout_patients=6, broker="mosquitto")
+                     rounds=3, heldout_patients=6, broker=broker)
     summary = run_demo(cfg)
 
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
-    assert summary["scenario"] == "demo" and summary["broker"] == "mosquitto"
+    assert summary["scenario"] == "demo" and summary["broker"] == broker
     everyone = ["gw-1", "gw-2", "hosp-1"]
     rounds = summary["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3]
