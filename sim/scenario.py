@@ -1,0 +1,141 @@
+"""Scenario files (TOML): what federation to replay, on which simulated clock, with which privacy and faults.
+
+Validated with pydantic; any error names the offending field (`rounds.count`, `faults[2].kind`, ...).
+Shipped scenarios live in `sim/scenarios/`; `load_scenario("demo")` finds them by name.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from federation.errors import ConfigError
+
+SHIPPED = Path(__file__).parent / "scenarios"
+FAULT_KINDS = ("broker_outage", "gateway_crash", "cloud_crash", "battery_death", "partition", "sensor_drift")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Meta(Section):
+    name: str = Field(min_length=1, max_length=64)
+    description: str = ""
+    seed: int = Field(ge=0)
+    days: float = Field(gt=0, le=90, description="simulated days the devices stream")
+    accel: float = Field(gt=0, le=1_000_000, description="simulated seconds per wall second")
+
+
+class Cohort(Section):
+    source: Literal["synthetic", "uva-padova"] = "synthetic"
+    sensor: str = "dexcom-g7"
+    heldout_patients: int = Field(default=10, ge=1, le=10_000)
+    heldout_days: float = Field(default=2.0, gt=0, le=90)
+
+
+class Gateway(Section):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
+    devices: int = Field(ge=1, le=100_000)
+    profile: str | None = None
+
+
+class Hospital(Section):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
+    patients: int = Field(ge=1, le=100_000)
+    days: float = Field(default=2.0, gt=0, le=365)
+
+
+class Rounds(Section):
+    count: int = Field(ge=1, le=1000)
+    quorum: int = Field(default=2, ge=2)
+    deadline_s: float = Field(default=180.0, gt=0)
+    local_epochs: int = Field(default=2, ge=1, le=100)
+
+
+class Privacy(Section):
+    ldp_mechanism: Literal["none", "laplace", "duchi", "piecewise", "hybrid"] = "hybrid"
+    ldp_epsilon: float | None = Field(default=8.0, gt=0)
+    ldp_daily_cap: float | None = Field(default=None, gt=0)
+    dp_noise_multiplier: float | None = Field(default=1.0, gt=0, description="None: DP-SGD off (studies)")
+    dp_delta: float = Field(default=1e-5, gt=0, lt=1)
+    dp_accountant: Literal["prv", "rdp"] = "prv"
+    participant_epsilon_cap: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _epsilon_matches_mechanism(self) -> Privacy:
+        if self.ldp_mechanism == "none" and self.ldp_epsilon is not None:
+            raise ValueError("ldp_epsilon must be omitted when ldp_mechanism is 'none'")
+        if self.ldp_mechanism != "none" and self.ldp_epsilon is None:
+            raise ValueError(f"ldp_epsilon is required for ldp_mechanism '{self.ldp_mechanism}'")
+        return self
+
+
+class Fault(Section):
+    kind: Literal[FAULT_KINDS]  # type: ignore[valid-type]
+    at_hours: float = Field(ge=0, description="simulated hours after the start")
+    target: str | None = None
+    duration_minutes: float = Field(default=30.0, gt=0)
+    drift_mgdl_per_day: float | None = None
+
+
+class Scenario(Section):
+    scenario: Meta
+    cohort: Cohort = Cohort()
+    gateways: list[Gateway] = Field(min_length=1)
+    hospitals: list[Hospital] = []
+    rounds: Rounds
+    privacy: Privacy = Privacy()
+    faults: list[Fault] = []
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Scenario:
+        ids = [g.id for g in self.gateways] + [h.id for h in self.hospitals]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"participant ids must be unique, repeated: {dupes}")
+        if self.rounds.quorum > len(ids):
+            raise ValueError(f"rounds.quorum {self.rounds.quorum} exceeds the {len(ids)} participants")
+        for i, f in enumerate(self.faults):
+            if f.at_hours > self.scenario.days * 24:
+                raise ValueError(f"faults[{i}].at_hours {f.at_hours} is after the scenario ends")
+            if f.kind in ("gateway_crash", "partition") and f.target not in [g.id for g in self.gateways]:
+                raise ValueError(f"faults[{i}].target must name a gateway for {f.kind}, got {f.target!r}")
+        return self
+
+    @property
+    def participants(self) -> list[str]:
+        return [g.id for g in self.gateways] + [h.id for h in self.hospitals]
+
+
+def _format_error(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        lines.append(f"{loc or '(top level)'}: {err['msg']}")
+    return f"{source}: invalid scenario\n  " + "\n  ".join(lines)
+
+
+def parse_scenario(text: str, *, source: str = "<scenario>") -> Scenario:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    try:
+        return Scenario.model_validate(doc)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(source, exc)) from exc
+
+
+def load_scenario(name_or_path: str | Path) -> Scenario:
+    """A shipped scenario by name (`demo`, `clinic-week`, ...) or a path to a TOML file."""
+    path = Path(name_or_path)
+    if not path.exists():
+        path = SHIPPED / f"{name_or_path}.toml"
+    if not path.exists():
+        shipped = ", ".join(sorted(p.stem for p in SHIPPED.glob("*.toml")))
+        raise ConfigError(f"no scenario {name_or_path!r}: not a file, and not one of the shipped ({shipped})")
+    return parse_scenario(path.read_text(), source=str(path))

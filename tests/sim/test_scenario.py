@@ -1,0 +1,66 @@
+"""Scenario files: shipped ones load, and every kind of mistake is named by its field."""
+
+from __future__ import annotations
+
+import pytest
+
+from federation.errors import ConfigError
+from sim.scenario import SHIPPED, load_scenario, parse_scenario
+
+MINIMAL = """
+[scenario]
+name = "t"
+seed = 1
+days = 1.0
+accel = 3600
+[[gateways]]
+id = "gw-1"
+devices = 2
+[[hospitals]]
+id = "hosp-1"
+patients = 2
+[rounds]
+count = 2
+"""
+
+
+@pytest.mark.parametrize("path", sorted(SHIPPED.glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_scenario_loads(path) -> None:  # noqa: ANN001
+    s = load_scenario(path.stem)
+    assert s.scenario.name == path.stem
+    assert len(s.participants) >= 2
+
+
+def test_minimal_scenario_gets_defaults() -> None:
+    s = parse_scenario(MINIMAL)
+    assert s.participants == ["gw-1", "hosp-1"]
+    assert s.privacy.ldp_mechanism == "hybrid" and s.privacy.dp_delta == 1e-5
+    assert s.rounds.quorum == 2 and s.faults == []
+
+
+@pytest.mark.parametrize("patch, field", [
+    (("count = 2", "count = 0"), "rounds.count"),
+    (("devices = 2", "devices = -1"), "gateways[0].devices"),
+    (("seed = 1", 'seed = "x"'), "scenario.seed"),
+    (("[rounds]", "[rounds]\nquorum = 5"), "quorum 5 exceeds"),
+    (('id = "hosp-1"', 'id = "gw-1"'), "repeated"),
+    (("[rounds]", "[privacy]\nldp_mechanism = \"gauss\"\n[rounds]"), "privacy.ldp_mechanism"),
+    (("[rounds]", "[privacy]\nldp_mechanism = \"laplace\"\nldp_epsilon = 0\n[rounds]"), "privacy.ldp_epsilon"),
+    (("[rounds]", "[privacy]\nldp_mechanism = \"none\"\n[rounds]"), "must be omitted"),
+    (("[rounds]", "[[faults]]\nkind = \"meteor\"\nat_hours = 1\n[rounds]"), "faults[0].kind"),
+    (("[rounds]", "[[faults]]\nkind = \"gateway_crash\"\nat_hours = 1\ntarget = \"gw-9\"\n[rounds]"), "gateway"),
+    (("[rounds]", "[[faults]]\nkind = \"broker_outage\"\nat_hours = 99\n[rounds]"), "after the scenario ends"),
+    (("[rounds]", "[extra]\nx = 1\n[rounds]"), "extra"),
+])
+def test_mistakes_are_named(patch: tuple[str, str], field: str) -> None:
+    text = MINIMAL.replace(*patch, 1)
+    with pytest.raises(ConfigError) as info:
+        parse_scenario(text, source="bad.toml")
+    assert field in str(info.value) and "bad.toml" in str(info.value)
+
+
+def test_not_toml_and_unknown_names() -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        parse_scenario("[[[")
+    with pytest.raises(ConfigError, match="shipped"):
+        load_scenario("no-such-scenario")
