@@ -21,6 +21,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--broker", choices=("auto", "mosquitto", "amqtt"), default="auto")
     demo.set_defaults(func=_demo)
 
+    cohort = sub.add_parser("cohort", help="virtual-patient cohorts (UVA/Padova T1D model)")
+    cohort_sub = cohort.add_subparsers(dest="cohort_cmd", required=True)
+    gen = cohort_sub.add_parser("generate", help="simulate a cohort and write per-patient Parquet traces")
+    gen.add_argument("--patients", type=int, required=True)
+    gen.add_argument("--days", type=float, required=True)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--sensor", default="dexcom-g7", help="dexcom-g7, dexcom-g6, libre3, guardianrt, ...")
+    gen.add_argument("--no-noise", action="store_true", help="noise-free sensor (wear effects stay)")
+    gen.add_argument("--out", type=Path, required=True)
+    gen.set_defaults(func=_cohort_generate)
+
 
 def _demo(args: argparse.Namespace) -> int:
     from sim.demo import DemoConfig, run_demo
@@ -32,3 +43,12 @@ def _demo(args: argparse.Namespace) -> int:
     summary = run_demo(cfg)
     ok = all(r["state"] == "completed" for r in summary["rounds"]) and summary["readings"]["lost"] == 0
     return 0 if ok else 1
+
+
+def _cohort_generate(args: argparse.Namespace) -> int:
+    from sim.cohort import generate_cohort
+
+    path = generate_cohort(patients=args.patients, days=args.days, seed=args.seed, out=args.out, sensor=args.sensor,
+                           noise=not args.no_noise, progress=True)
+    print(f"wrote {args.patients} patients x {args.days} days to {path}")
+    return 0
