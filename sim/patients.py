@@ -41,9 +41,9 @@ def training_patients(source: str, n: int, *, days: float, seed: int, start: int
                       offset: int = 0) -> list[PatientTrace]:
     """Patients `offset .. offset + n - 1` of the training cohort (the same patient for the same index)."""
     if source == "synthetic":
-        return [PatientTrace(f"patient-{k:04d}", "synthetic", *synthetic_trace(seed=seed, patient=f"patient-{k:04d}",
-                                                                               start=start, days=days))
-                for k in range(offset, offset + n)]
+        names = [f"patient-{k:04d}" for k in range(offset, offset + n)]
+        return [PatientTrace(name, "synthetic", *synthetic_trace(seed=seed, patient=name, start=start, days=days))
+                for name in names]
     if source == "uva-padova":
         from sim.cohort import make_cohort
 
@@ -57,9 +57,9 @@ def heldout_patients(source: str, n: int, *, days: float, seed: int, start: int,
     """Patients no training node has: other virtual subjects, other seeds."""
     held_seed = seed + 1_000_003
     if source == "synthetic":
-        return [PatientTrace(f"heldout-{k:03d}", "synthetic", *synthetic_trace(seed=held_seed, patient=f"heldout-{k:03d}",
-                                                                               start=start, days=days))
-                for k in range(n)]
+        names = [f"heldout-{k:03d}" for k in range(n)]
+        return [PatientTrace(name, "synthetic", *synthetic_trace(seed=held_seed, patient=name, start=start, days=days))
+                for name in names]
     if source == "uva-padova":
         from sim.cohort import make_cohort
 
