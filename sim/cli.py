@@ -32,6 +32,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--out", type=Path, required=True)
     gen.set_defaults(func=_cohort_generate)
 
+    sweep = sub.add_parser("sweep", help="privacy-utility sweep: device LDP epsilon x DP-SGD epsilon")
+    sweep.add_argument("--out", type=Path, required=True)
+    sweep.add_argument("--source", choices=("uva-padova", "synthetic"), default="uva-padova")
+    sweep.add_argument("--seed", type=int, default=7)
+    sweep.add_argument("--days", type=float, default=7.0, help="simulated days of training data per patient")
+    sweep.add_argument("--rounds", type=int, default=5)
+    sweep.add_argument("--ldp", help="comma-separated LDP epsilons per reading, 'none' for off (default none,8,4,2)")
+    sweep.add_argument("--dp", help="comma-separated DP-SGD epsilons, 'none' for off (default none,8,4,2,1,0.5)")
+    sweep.set_defaults(func=_sweep)
+
 
 def _demo(args: argparse.Namespace) -> int:
     from sim.demo import DemoConfig, run_demo
@@ -51,4 +61,23 @@ def _cohort_generate(args: argparse.Namespace) -> int:
     path = generate_cohort(patients=args.patients, days=args.days, seed=args.seed, out=args.out, sensor=args.sensor,
                            noise=not args.no_noise, progress=True)
     print(f"wrote {args.patients} patients x {args.days} days to {path}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from sim.study import StudyConfig
+    from sim.sweep import DP_GRID, LDP_GRID, run_sweep
+
+    def grid(text: str | None, default: tuple) -> tuple:
+        if text is None:
+            return default
+        return tuple(None if v == "none" else float(v) for v in text.split(","))
+
+    console = Console()
+    base = StudyConfig(source=args.source, seed=args.seed, days=args.days, rounds=args.rounds)
+    run_sweep(base, args.out, ldp_grid=grid(args.ldp, LDP_GRID), dp_grid=grid(args.dp, DP_GRID),
+              progress=lambda msg: console.log(msg))
+    console.print((args.out / "sweep.md").read_text())
     return 0
