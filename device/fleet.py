@@ -1,4 +1,4 @@
-"""Many devices in one process: one asyncio task and one MQTT connection per device, no thread per device."""
+"""Many devices in one process: two asyncio tasks and one MQTT connection per device, no thread per device."""
 
 from __future__ import annotations
 
@@ -6,51 +6,128 @@ import asyncio
 import json
 import logging
 import os
+import subprocess
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+from device.profiles import Profile
 from device.publisher import Broker, DeviceConfig, DeviceStats, run_device
+from device.spool import Spool
 from federation.clock import SimClock
 
 log = logging.getLogger(__name__)
 
 
-def fleet_configs(*, gateways: list[str], devices_per_gateway: int, seed: int, days: float,
-                  ldp_mechanism: str, ldp_epsilon: float | None, batch_size: int = 1) -> list[DeviceConfig]:
-    return [
-        DeviceConfig(device_id=f"{gw}-dev{k:03d}", gateway=gw, seed=seed, days=days, ldp_mechanism=ldp_mechanism,
-                     ldp_epsilon=ldp_epsilon, batch_size=batch_size)
-        for gw in gateways
-        for k in range(1, devices_per_gateway + 1)
-    ]
+def fleet_configs(*, gateways: list[str], devices_per_gateway: int, seed: int, days: float, profile: Profile,
+                  ldp_mechanism: str | None = None, ldp_epsilon: float | None = None,
+                  daily_cap: float | None = None, batch_size: int | None = None,
+                  credentials: dict[str, dict[str, str]] | None = None,
+                  odometer_block: int = 12, random_sensor_age: bool = False) -> list[DeviceConfig]:
+    """Device ids are ``<gateway>-devNNN``; `credentials` maps a device id to its username and password."""
+    creds = credentials or {}
+    out = []
+    for gw in gateways:
+        for k in range(1, devices_per_gateway + 1):
+            dev = f"{gw}-dev{k:03d}"
+            c = creds.get(dev, {})
+            out.append(DeviceConfig(device_id=dev, gateway=gw, seed=seed, days=days, profile=profile,
+                                    ldp_mechanism=ldp_mechanism, ldp_epsilon=ldp_epsilon, daily_cap=daily_cap,
+                                    batch_size=batch_size, username=c.get("username"), password=c.get("password"),
+                                    odometer_block=odometer_block, random_sensor_age=random_sensor_age))
+    return out
 
 
-def write_status(path: Path, stats: dict[str, DeviceStats]) -> None:
-    """Atomically write the fleet's counters (read by the replay orchestrator and operators)."""
-    doc = {
+def summary(stats: dict[str, DeviceStats]) -> dict:
+    batteries = [s.battery for s in stats.values() if s.battery is not None]
+    return {
         "updated": time.time(),
         "devices": len(stats),
         "sampled": sum(s.sampled for s in stats.values()),
         "published": sum(s.published for s in stats.values()),
         "reconnects": sum(s.reconnects for s in stats.values()),
         "done": sum(s.done for s in stats.values()),
-        "per_device": {k: asdict(v) for k, v in stats.items()},
+        "dropped": sum(s.dropped for s in stats.values()),
+        "gaps": sum(s.gaps for s in stats.values()),
+        "suppressed": sum(s.suppressed for s in stats.values()),
+        "buffered": sum(s.buffered for s in stats.values()),
+        "battery_min": min(batteries) if batteries else None,
+        "battery_depleted": sum(s.state == "battery-depleted" for s in stats.values()),
+        "budget_exhausted": sum(s.state == "budget-exhausted" for s in stats.values()),
+        "errors": sum(len(s.errors) for s in stats.values()),
     }
+
+
+def write_status(path: Path, stats: dict[str, DeviceStats]) -> None:
+    """Atomically write the fleet's counters (read by the replay orchestrator and operators)."""
+    doc = summary(stats) | {"per_device": {k: asdict(v) for k, v in stats.items()}}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc))
     os.replace(tmp, path)
 
 
-async def run_fleet(configs: list[DeviceConfig], clock: SimClock, broker: Broker, *,
-                    status_path: Path | None = None, connect_rate: float = 50.0) -> dict[str, DeviceStats]:
-    """Run every device to the end of its trace; ramps connections at `connect_rate` per second."""
+def run_shards(argv: list[str], *, workers: int, state_dir: Path, wall_start: float,
+               status_path: Path | None) -> int:
+    """Run `wearfed fleet run` as `workers` processes, each with every workers-th device (one loop per core).
+
+    Each shard keeps its own spool and odometers under ``state_dir/shard-<i>`` (same sharding after a
+    restart with the same worker count); the parent merges the shards' counters into `status_path`.
+    """
+    procs, files = [], []
+    for i in range(workers):
+        shard_status = state_dir / f"status.shard{i}.json"
+        files.append(shard_status)
+        cmd = [sys.executable, "-m", "federation.cli", *argv, "--shard", str(i), "--wall-start", str(wall_start),
+               "--state-dir", str(state_dir / f"shard-{i}"), "--status-file", str(shard_status)]
+        procs.append(subprocess.Popen(cmd))
+    try:
+        while any(p.poll() is None for p in procs):
+            if status_path:
+                _merge_status(files, status_path)
+            time.sleep(1.0)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+    if status_path:
+        _merge_status(files, status_path)
+    return max(p.returncode or 0 for p in procs)
+
+
+def _merge_status(files: list[Path], path: Path) -> None:
+    docs = []
+    for f in files:
+        try:
+            docs.append(json.loads(f.read_text()))
+        except (OSError, ValueError):
+            continue
+    out: dict = {"updated": time.time(), "shards": len(files), "per_device": {}}
+    for d in docs:
+        for k, v in d.items():
+            if k == "per_device":
+                out["per_device"].update(v)
+            elif k == "battery_min":
+                vals = [x for x in (out.get(k), v) if x is not None]
+                out[k] = min(vals) if vals else None
+            elif isinstance(v, (int, float)) and k != "updated":
+                out[k] = out.get(k, 0) + v
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out))
+    os.replace(tmp, path)
+
+
+async def run_fleet(configs: list[DeviceConfig], clock: SimClock, broker: Broker, *, state_dir: Path,
+                    status_path: Path | None = None, connect_rate: float = 200.0) -> dict[str, DeviceStats]:
+    """Run every device to the end of its trace; starts at most `connect_rate` devices per wall second.
+
+    `state_dir` keeps the spool (one SQLite file for the process) and each device's privacy odometer; give
+    the same directory to a restarted process and its devices resume where they stopped.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    spool = Spool(state_dir / "spool.sqlite", group_commit=True)
     stats = {c.device_id: DeviceStats() for c in configs}
-    tasks = []
-    for i, cfg in enumerate(configs):
-        tasks.append(asyncio.create_task(run_device(cfg, clock, broker, stats[cfg.device_id])))
-        if (i + 1) % max(1, int(connect_rate)) == 0:
-            await asyncio.sleep(1.0)
+    committer = asyncio.create_task(spool.run_group_commit())
 
     async def report() -> None:
         while True:
@@ -59,10 +136,21 @@ async def run_fleet(configs: list[DeviceConfig], clock: SimClock, broker: Broker
             await asyncio.sleep(1.0)
 
     reporter = asyncio.create_task(report())
+    tasks = []
     try:
+        for i, cfg in enumerate(configs):
+            tasks.append(asyncio.create_task(run_device(cfg, clock, broker, stats[cfg.device_id], spool=spool,
+                                                        state_dir=state_dir)))
+            if (i + 1) % max(1, int(connect_rate / 10)) == 0:
+                await asyncio.sleep(0.1)
         results = await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         reporter.cancel()
+        for t in tasks:
+            t.cancel()
+        committer.cancel()
+        await asyncio.gather(committer, return_exceptions=True)
+        spool.close()
     for cfg, res in zip(configs, results, strict=True):
         if isinstance(res, BaseException):
             stats[cfg.device_id].errors.append(repr(res))

@@ -68,12 +68,13 @@ class RunningBroker:
             self._stop_embedded()
 
 
-def start_mosquitto(port: int, workdir: Path, binary: str | None = None) -> RunningBroker:
+def start_mosquitto(port: int, workdir: Path, binary: str | None = None, *, extra: str = "") -> RunningBroker:
+    """`extra`: config lines appended after the loopback listener (password file, ACL, a TLS listener)."""
     binary = binary or find_mosquitto()
     if binary is None:
         raise FileNotFoundError("mosquitto is not installed")
     workdir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([binary, "-c", str(mosquitto_config(port, workdir))],
+    proc = subprocess.Popen([binary, "-c", str(mosquitto_config(port, workdir, extra=extra))],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port("127.0.0.1", port)
     return RunningBroker("127.0.0.1", port, "mosquitto", _proc=proc)
