@@ -43,6 +43,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="readings charged to the privacy odometer per durable write, ahead of use (conservative)")
     p.add_argument("--connect-rate", type=float, default=200.0, help="devices started per wall second")
     p.add_argument("--status-file", type=Path, help="write counters here as JSON, atomically")
+    p.add_argument("--traces", type=Path, help="replay CGM traces from this .npz (written by sim) instead of "
+                   "the built-in synthetic generator")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -152,7 +154,7 @@ def _run_device(args: argparse.Namespace) -> int:
     cfg = DeviceConfig(device_id=args.device_id, gateway=args.gateway, seed=args.seed, days=args.days,
                        profile=profile, ldp_mechanism=args.ldp_mechanism, ldp_epsilon=args.ldp_epsilon,
                        daily_cap=args.daily_cap, batch_size=args.batch_size, sensor_age_s=args.sensor_age,
-                       odometer_block=args.odometer_block,
+                       odometer_block=args.odometer_block, trace_file=args.traces,
                        username=c.get("username"), password=c.get("password"))
     stats = asyncio.run(run_fleet([cfg], clock, broker, state_dir=state_dir, status_path=args.status_file))
     return 1 if any(s.errors for s in stats.values()) else 0
@@ -171,7 +173,8 @@ def _run_fleet(args: argparse.Namespace) -> int:
                             devices_per_gateway=args.devices_per_gateway, seed=args.seed, days=args.days,
                             profile=profile, ldp_mechanism=args.ldp_mechanism, ldp_epsilon=args.ldp_epsilon,
                             daily_cap=args.daily_cap, batch_size=args.batch_size, credentials=creds,
-                            odometer_block=args.odometer_block, random_sensor_age=args.stagger_sensors)
+                            odometer_block=args.odometer_block, random_sensor_age=args.stagger_sensors,
+                            trace_file=args.traces)
     if args.shard is not None:
         configs = configs[args.shard::args.workers]
     stats = asyncio.run(run_fleet(configs, clock, broker, state_dir=state_dir, status_path=args.status_file,

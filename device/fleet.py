@@ -24,7 +24,8 @@ def fleet_configs(*, gateways: list[str], devices_per_gateway: int, seed: int, d
                   ldp_mechanism: str | None = None, ldp_epsilon: float | None = None,
                   daily_cap: float | None = None, batch_size: int | None = None,
                   credentials: dict[str, dict[str, str]] | None = None,
-                  odometer_block: int = 12, random_sensor_age: bool = False) -> list[DeviceConfig]:
+                  odometer_block: int = 12, random_sensor_age: bool = False,
+                  trace_file: Path | None = None) -> list[DeviceConfig]:
     """Device ids are ``<gateway>-devNNN``; `credentials` maps a device id to its username and password."""
     creds = credentials or {}
     out = []
@@ -35,7 +36,8 @@ def fleet_configs(*, gateways: list[str], devices_per_gateway: int, seed: int, d
             out.append(DeviceConfig(device_id=dev, gateway=gw, seed=seed, days=days, profile=profile,
                                     ldp_mechanism=ldp_mechanism, ldp_epsilon=ldp_epsilon, daily_cap=daily_cap,
                                     batch_size=batch_size, username=c.get("username"), password=c.get("password"),
-                                    odometer_block=odometer_block, random_sensor_age=random_sensor_age))
+                                    odometer_block=odometer_block, random_sensor_age=random_sensor_age,
+                                    trace_file=trace_file))
     return out
 
 

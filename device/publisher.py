@@ -33,6 +33,7 @@ from device.odometer import PrivacyOdometer, utc_day
 from device.profiles import Profile
 from device.sensor import SENSOR_RANGE, stable_seed, synthetic_trace
 from device.spool import DeviceQueue, Spool
+from device.traces import load_trace
 from federation.clock import SimClock
 from federation.telemetry import LDPHeader, ReadingBatch, encode_batch, readings_topic, status_topic
 
@@ -76,6 +77,7 @@ class DeviceConfig:
     odometer_block: int = 12  # readings charged to the odometer at once, ahead (a kill wastes budget, never leaks)
     username: str | None = None  # per-device broker credentials (override the fleet's)
     password: str | None = None
+    trace_file: Path | None = None  # replay this device's trace from a file instead of the synthetic generator
 
     @property
     def mechanism(self) -> str:
@@ -291,8 +293,11 @@ async def _publish(dev: _Device, broker: Broker, header: LDPHeader) -> None:
 
 
 def _trace(cfg: DeviceConfig, clock: SimClock) -> tuple[np.ndarray, np.ndarray]:
-    times, _true_bg, cgm = synthetic_trace(seed=cfg.seed, patient=cfg.device_id, start=int(clock.sim_start),
-                                           days=cfg.days, interval_s=cfg.profile.sample_interval_s)
+    if cfg.trace_file is not None:
+        times, cgm = load_trace(cfg.trace_file, cfg.device_id, start=int(clock.sim_start), days=cfg.days)
+    else:
+        times, _true_bg, cgm = synthetic_trace(seed=cfg.seed, patient=cfg.device_id, start=int(clock.sim_start),
+                                               days=cfg.days, interval_s=cfg.profile.sample_interval_s)
     spec = cfg.ldp_spec()
     # One deterministic noise draw per reading: a restarted device re-sends the same privatised value, so a
     # resend never spends (or leaks) more budget.
