@@ -1,4 +1,8 @@
-"""Cloud state in SQLAlchemy 2: SQLite file by default, PostgreSQL by URL (WEARFED_DB_URL)."""
+"""Cloud state in SQLAlchemy 2: SQLite file by default, PostgreSQL by URL (WEARFED_DB_URL).
+
+Every table the aggregator needs to resume a round after a `kill -9` lives here: the round row carries the
+stored aggregate, so aggregation and decryption can be redone from the database alone.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,13 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Float,
     ForeignKey,
     Integer,
     LargeBinary,
     String,
+    Text,
     UniqueConstraint,
     create_engine,
     event,
@@ -27,12 +33,40 @@ class Base(DeclarativeBase):
     pass
 
 
+class User(Base):
+    """A human or service account; only the SHA-256 of its bearer token is stored."""
+
+    __tablename__ = "users"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(32))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class EnrollmentToken(Base):
+    """A one-time provisioning token (stored hashed); `used_by` is set when a participant consumes it."""
+
+    __tablename__ = "enrollment_tokens"
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    participant_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # bound to one id, or any
+    kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    issued_by: Mapped[str] = mapped_column(String(64))
+    issued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    uses_left: Mapped[int] = mapped_column(Integer, default=1)
+    used_by: Mapped[list] = mapped_column(JSON, default=list)
+
+
 class Participant(Base):
     __tablename__ = "participants"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
     public_key: Mapped[str] = mapped_column(String(64))
     enrolled_at: Mapped[datetime] = mapped_column(default=utcnow)
+    epsilon_cap: Mapped[float | None] = mapped_column(Float, nullable=True)  # None: the global cap applies
+    halted: Mapped[bool] = mapped_column(Boolean, default=False)  # at its privacy cap: no further rounds
 
 
 class Round(Base):
@@ -44,11 +78,18 @@ class Round(Base):
     base_model_version: Mapped[int] = mapped_column(Integer)
     local_epochs: Mapped[int] = mapped_column(Integer, default=1)
     data_cutoff: Mapped[float | None] = mapped_column(Float, nullable=True)
+    opened_by: Mapped[str] = mapped_column(String(64), default="")
     opened_at: Mapped[datetime] = mapped_column(default=utcnow)
     deadline_at: Mapped[datetime] = mapped_column()
     closed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    contributors: Mapped[list | None] = mapped_column(JSON, nullable=True)  # frozen when collection closes
+    aggregate: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    aggregate_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     result_model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     failure_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    evaluated_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    approved_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(String(64), nullable=True)  # promoted or rejected by
 
 
 class Update(Base):
@@ -77,27 +118,81 @@ class Refusal(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class PrivacySpend(Base):
+    """The privacy ledger: one row per accepted update, with the epsilon the cloud recomputed."""
+
+    __tablename__ = "privacy_ledger"
+    __table_args__ = (UniqueConstraint("round_id", "participant"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), index=True)
+    participant: Mapped[str] = mapped_column(ForeignKey("participants.id"), index=True)
+    history: Mapped[list] = mapped_column(JSON)
+    accountant: Mapped[str] = mapped_column(String(8))
+    delta: Mapped[float] = mapped_column(Float)
+    epsilon_declared: Mapped[float] = mapped_column(Float)
+    epsilon_recomputed: Mapped[float] = mapped_column(Float)
+    epsilon_round: Mapped[float] = mapped_column(Float)
+    cap: Mapped[float | None] = mapped_column(Float, nullable=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Alert(Base):
+    """Compliance alerts (privacy budget reached or exceeded)."""
+
+    __tablename__ = "alerts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(48))
+    participant: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    detail: Mapped[dict] = mapped_column(JSON)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ModelVersion(Base):
     __tablename__ = "models"
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
-    round_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    round_id: Mapped[int | None] = mapped_column(Integer, nullable=True, unique=True)
     architecture: Mapped[str] = mapped_column(String(64))
     weights: Mapped[bytes] = mapped_column(LargeBinary)
     hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column()
     participants: Mapped[list] = mapped_column(JSON, default=list)
     n_samples: Mapped[int] = mapped_column(Integer, default=0)
+    # candidate | promoted | retired (replaced by a later promotion) | rejected | rolled_back
+    status: Mapped[str] = mapped_column(String(16), default="candidate")
+    metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    privacy: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # participant -> recomputed epsilon
+    replaced_version: Mapped[int | None] = mapped_column(Integer, nullable=True)  # what its promotion replaced
 
 
 class Event(Base):
-    """Every action, in order (the Merkle-tree audit ledger builds on this table)."""
+    """The audit ledger: entry `seq` (0-based) is leaf `seq` of the RFC 9162 Merkle tree (cloud.audit)."""
 
     __tablename__ = "events"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    seq: Mapped[int] = mapped_column(Integer, unique=True, index=True)
+    at: Mapped[str] = mapped_column(String(40))  # ISO-8601 UTC, exactly as hashed into the leaf
     kind: Mapped[str] = mapped_column(String(48), index=True)
     actor: Mapped[str] = mapped_column(String(64))
     detail: Mapped[dict] = mapped_column(JSON)
+
+
+class CheckpointRow(Base):
+    """A signed checkpoint (tree head) of the audit ledger, plus the right-edge subtree roots to extend it."""
+
+    __tablename__ = "checkpoints"
+    tree_size: Mapped[int] = mapped_column(Integer, primary_key=True)
+    body: Mapped[str] = mapped_column(Text)  # C2SP tlog-checkpoint text
+    signature: Mapped[str] = mapped_column(String(100))  # base64 Ed25519
+    frontier: Mapped[list] = mapped_column(JSON)  # hex roots of the perfect subtrees, largest first
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Setting(Base):
+    """Small key/value facts about this deployment (e.g. the audit log's public key)."""
+
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
 
 
 def make_engine(url: str) -> Engine:

@@ -40,3 +40,12 @@ class Conflict(CloudError):
 
 class TooLarge(CloudError):
     status = 413
+
+
+
+def for_status(status: int, reason: str) -> CloudError:
+    """The CloudError subclass for an HTTP status (a plain CloudError for any other)."""
+    for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict, TooLarge):
+        if cls.status == status:
+            return cls(reason)
+    return CloudError(reason)

@@ -1,10 +1,19 @@
 """CKKS helpers (TenSEAL): the federation's context, packing a flat update into ciphertexts, summing them.
 
-Parameters are chosen for sums only: ciphertexts are added, never multiplied, so one data level
-suffices. N = 8192 with coefficient moduli [60, 40] bits (100 of the 218 bits that 128-bit security allows
-at N = 8192, HomomorphicEncryption.org standard, 2018) and scale 2^40: FACTS.md measured 8.0x expansion per
-slot and max error 5.5e-8 on a sum of 50 vectors, against 20x for TenSEAL's tutorial [60, 40, 40, 60].
-The plaintext twin `sum_plain` has the same shape so each can be tested against the other.
+Parameters are chosen for sums only: ciphertexts are added, never multiplied, so one data prime suffices and
+its size is all that matters. N = 4096 with coefficient moduli [49, 28] bits and scale 2^28:
+
+* security: log2 q = 77 bits, within the 109 bits that 128-bit classical security allows at N = 4096
+  (HomomorphicEncryption.org Security Standard, Albrecht et al. 2018, Table 1, ternary/uniform secret);
+* capacity: a ciphertext holds |value| < q0 / (2 * scale) = 2^20; `encrypt` refuses an update with any
+  |value| > MAX_ABS_VALUE = 2^19 / MAX_SUMMANDS, so a sum of up to MAX_SUMMANDS updates can never wrap;
+* precision: about 1.4e-4 absolute on a sum of 50 updates (2^-28 scale times the encryption noise);
+* size: one ciphertext keeps only the 49-bit prime, 2 polynomials x 4096 coefficients, which TenSEAL's zstd
+  serialisation stores in about 7.9 bytes per float32 of a 3,650-weight update (2 ciphertexts of 2,048 slots).
+
+Measured by `python -m bench.crypto` (docs/gateway.md), against N = 8192 [60, 40] 2^40 (9.0x) and TenSEAL's
+tutorial [60, 40, 40, 60] (about 20x). The plaintext twin `sum_plain` has the same shape so each can be tested
+against the other.
 """
 
 from __future__ import annotations
@@ -15,10 +24,12 @@ import cbor2
 import numpy as np
 import tenseal as ts
 
-POLY_MODULUS_DEGREE = 8192
-COEFF_MOD_BIT_SIZES = (60, 40)
-GLOBAL_SCALE_BITS = 40
+POLY_MODULUS_DEGREE = 4096
+COEFF_MOD_BIT_SIZES = (49, 28)
+GLOBAL_SCALE_BITS = 28
 SLOTS = POLY_MODULUS_DEGREE // 2
+MAX_SUMMANDS = 64  # most updates one aggregate may sum
+MAX_ABS_VALUE = 2.0 ** (COEFF_MOD_BIT_SIZES[0] - GLOBAL_SCALE_BITS - 2) / MAX_SUMMANDS  # 8192: a sum stays < 2^19
 
 
 class CKKSError(ValueError):
@@ -52,8 +63,16 @@ def load_context(data: bytes) -> ts.Context:
 
 
 def encrypt(ctx: ts.Context, vector: np.ndarray) -> bytes:
-    """Encrypt a flat float vector as ceil(len / SLOTS) CKKS ciphertexts, packed into one CBOR blob."""
+    """Encrypt a flat float vector as ceil(len / SLOTS) CKKS ciphertexts, packed into one CBOR blob.
+
+    Raises CKKSError for non-finite values or any |value| > MAX_ABS_VALUE (the sum's overflow guard).
+    """
     flat = np.asarray(vector, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(flat)):
+        raise CKKSError("update holds NaN or infinite values")
+    if flat.size and np.max(np.abs(flat)) > MAX_ABS_VALUE:
+        raise CKKSError(f"update value {np.max(np.abs(flat)):.6g} exceeds {MAX_ABS_VALUE:g}: a sum of "
+                        f"{MAX_SUMMANDS} such updates could wrap modulo the ciphertext modulus")
     chunks = [flat[i : i + SLOTS] for i in range(0, flat.size, SLOTS)]
     return cbor2.dumps({"n": int(flat.size), "ct": [ts.ckks_vector(ctx, c.tolist()).serialize() for c in chunks]})
 

@@ -256,6 +256,21 @@ class MerkleLog:
         return self._leaves[:tree_size]
 
 
+def extend_frontier(frontier: Sequence[bytes], size: int, h: bytes) -> list[bytes]:
+    """Right-edge perfect-subtree roots (largest first) of a tree of ``size`` leaves, after appending leaf hash
+    ``h``: lets a log persist O(log n) hashes and still extend its root in O(log n) (RFC 9162 section 2.1.1)."""
+    if len(frontier) != bin(size).count("1"):
+        raise ValueError(f"a frontier of {len(frontier)} hashes cannot belong to a tree of size {size}")
+    out = [bytes(x) for x in frontier]
+    _push(out, size, _as_hash(h, "leaf hash"))
+    return out
+
+
+def frontier_root(frontier: Sequence[bytes]) -> bytes:
+    """Root hash of the tree whose right-edge perfect-subtree roots are ``frontier`` (largest first)."""
+    return _fold_right_edge(list(frontier))
+
+
 # ---------------------------------------------------------------------------------------------- internals
 
 

@@ -13,7 +13,7 @@ MAX_UPDATE_BYTES = 4 * 1024 * 1024  # a whole submission body, base64 ciphertext
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Enrollment(Strict):
@@ -67,3 +67,36 @@ class OpenRound(Strict):
     deadline_s: float = Field(gt=0, le=7 * 86400)
     data_cutoff: float | None = Field(default=None, description="simulated unix time; train on data up to it")
     local_epochs: int = Field(default=1, ge=1, le=100)
+
+
+# -- operator / governance requests (bearer-token callers) -------------------------------------------
+
+
+class CreateUser(Strict):
+    name: str = Field(pattern=PARTICIPANT_ID)
+    role: Literal["admin", "data_scientist", "compliance_officer", "operator", "auditor", "participant"]
+
+
+class IssueEnrollmentToken(Strict):
+    participant_id: str | None = Field(default=None, pattern=PARTICIPANT_ID,
+                                       description="bind the token to this participant id (recommended)")
+    kind: Literal["gateway", "hospital"] | None = None
+    ttl_s: float = Field(default=7 * 86400, gt=0, le=90 * 86400)
+
+
+class EvaluationMetrics(Strict):
+    """Held-out metrics of a round's candidate model, computed off-cloud (the cloud has no patient data)."""
+
+    metrics: dict[str, float] = Field(max_length=64, description="must include rmse30 (mg/dL)")
+
+
+class Decision(Strict):
+    reason: str = Field(default="", max_length=500)
+
+
+class EpsilonCap(Strict):
+    epsilon_cap: float | None = Field(gt=0, le=1e3, description="per-window epsilon cap; null: the global cap")
+
+
+class UnsealShare(Strict):
+    share: str = Field(min_length=10, max_length=200)

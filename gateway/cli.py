@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from federation.config import add_config_flag, apply_config
+from federation.windows import APPLY_TO, SMOOTHERS
 
 
 def _node_flags(p: argparse.ArgumentParser, *, kind: str) -> None:
@@ -28,16 +29,47 @@ def _node_flags(p: argparse.ArgumentParser, *, kind: str) -> None:
     p.add_argument("--log-level", default="info")
 
 
+def _ingest_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker-host", default="127.0.0.1")
+    p.add_argument("--broker-port", type=int, default=1883)
+    p.add_argument("--username")
+    p.add_argument("--password")
+    p.add_argument("--devices-file", type=Path,
+                   help="device registry, one id per line (default: <state-dir>/devices.txt if present)")
+    p.add_argument("--max-future-s", type=float,
+                   help="reject readings stamped further than this past the wall clock (default 30 days)")
+
+
+def _ingest_config(args: argparse.Namespace):  # noqa: ANN202
+    from gateway.daemon import IngestConfig
+    from gateway.ingest import DEFAULT_MAX_FUTURE_S
+
+    return IngestConfig(broker_host=args.broker_host, broker_port=args.broker_port, username=args.username,
+                        password=args.password, devices_file=args.devices_file,
+                        max_future_s=DEFAULT_MAX_FUTURE_S if args.max_future_s is None else args.max_future_s,
+                        release_key=getattr(args, "release_key", None))
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     gw = sub.add_parser("gateway", help="an edge gateway daemon")
     gw_sub = gw.add_subparsers(dest="gateway_cmd", required=True)
     run = gw_sub.add_parser("run", help="ingest device telemetry and take part in rounds until SIGTERM")
     _node_flags(run, kind="gateway")
-    run.add_argument("--broker-host", default="127.0.0.1")
-    run.add_argument("--broker-port", type=int, default=1883)
-    run.add_argument("--username")
-    run.add_argument("--password")
+    _ingest_flags(run)
+    run.add_argument("--release-key", help="base64 Ed25519 key that signs model releases (default: trust on first use)")
+    run.add_argument("--denoise", choices=SMOOTHERS, default="none",
+                     help="smooth the privatised grid before windowing (measured in docs/gateway.md; off by default)")
+    run.add_argument("--denoise-width", type=int, default=5, help="smoother width in 5-min bins")
+    run.add_argument("--denoise-apply-to", choices=APPLY_TO, default="targets")
     run.set_defaults(func=_run_gateway)
+
+    ing = gw_sub.add_parser("ingest", help="ingest device telemetry only (no federation) until SIGTERM")
+    add_config_flag(ing)
+    ing.add_argument("--id", required=True, help="this gateway's id (e.g. gw-1)")
+    ing.add_argument("--state-dir", type=Path, required=True, help="local database and status file")
+    ing.add_argument("--log-level", default="info")
+    _ingest_flags(ing)
+    ing.set_defaults(func=_run_ingest)
 
     hosp = sub.add_parser("hospital", help="a hospital node training on local clinical data")
     hosp_sub = hosp.add_subparsers(dest="hospital_cmd", required=True)
@@ -67,11 +99,22 @@ def _node_config(args: argparse.Namespace, kind: str):  # noqa: ANN202
 
 
 def _run_gateway(args: argparse.Namespace) -> int:
+    from federation.windows import Denoise
     from gateway.daemon import run_gateway
 
     cfg = _node_config(args, "gateway")
-    asyncio.run(run_gateway(cfg, broker_host=args.broker_host, broker_port=args.broker_port,
-                            username=args.username, password=args.password))
+    denoise = Denoise(method=args.denoise, width=args.denoise_width, apply_to=args.denoise_apply_to)
+    asyncio.run(run_gateway(cfg, _ingest_config(args), denoise=denoise))
+    return 0
+
+
+def _run_ingest(args: argparse.Namespace) -> int:
+    from federation.logs import setup_logging
+    from gateway.daemon import run_ingest
+
+    apply_config(args)
+    setup_logging(args.log_level, name=f"gateway:{args.id}")
+    asyncio.run(run_ingest(args.id, args.state_dir, _ingest_config(args)))
     return 0
 
 

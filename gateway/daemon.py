@@ -1,28 +1,48 @@
-"""`wearfed gateway run`: MQTT ingest into the local store plus the participant loop, until SIGTERM."""
+"""`wearfed gateway run`: MQTT ingest into the local store plus the participant loop, until SIGTERM.
+
+`wearfed gateway ingest` runs the ingest alone (no federation). Both write `status.json` in the state
+directory every second (atomically): counts, rounds answered, privacy spent, last model relayed.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from federation.windows import windows_from_series
-from gateway.ingest import ingest_forever
+from federation.windows import NO_DENOISE, Denoise, windows_from_series
+from gateway.ingest import DEFAULT_MAX_FUTURE_S, ingest_forever
 from gateway.node import NodeConfig, ParticipantNode
+from gateway.registry import DeviceRegistry
+from gateway.relay import ModelRelay
 from gateway.store import ReadingStore
 
 log = logging.getLogger(__name__)
 
 
-def store_windows(store: ReadingStore, cutoff: float | None) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class IngestConfig:
+    broker_host: str = "127.0.0.1"
+    broker_port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    devices_file: Path | None = None
+    max_future_s: float = DEFAULT_MAX_FUTURE_S
+    release_key: str | None = None  # base64 Ed25519 key that signs model releases; None: trust on first use
+
+
+def store_windows(store: ReadingStore, cutoff: float | None, denoise: Denoise = NO_DENOISE
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Training windows from every device's readings on the 5-min grid, up to `cutoff`."""
-    return windows_from_series(store.series().values(), cutoff=cutoff)
+    return windows_from_series(store.series().values(), cutoff=cutoff, denoise=denoise)
 
 
 def write_json_atomic(path: Path, doc: dict) -> None:
@@ -37,33 +57,81 @@ def install_stop_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def run_gateway(cfg: NodeConfig, *, broker_host: str, broker_port: int, username: str | None = None,
-                      password: str | None = None) -> None:
+def open_registry(state_dir: Path, devices_file: Path | None) -> DeviceRegistry:
+    """`--devices-file`, else `<state-dir>/devices.txt` if provisioned there, else an open registry (warned)."""
+    if devices_file is None and (state_dir / "devices.txt").exists():
+        devices_file = state_dir / "devices.txt"
+    return DeviceRegistry(devices_file)
+
+
+def node_status(node: ParticipantNode | None) -> dict:
+    return {} if node is None else node.status()
+
+
+async def stop_node(node_task: asyncio.Task, node: ParticipantNode) -> None:
+    """Let an in-flight round finish (its submission is checkpointed in the outbox first), then cancel.
+
+    A node still trying to enroll has nothing in hand and is cancelled at once.
+    """
+    try:
+        await asyncio.wait_for(asyncio.shield(node_task), timeout=5 if node.enrolled else 0.1)
+    except TimeoutError:
+        node_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await node_task
+    except Exception:
+        log.exception("participant loop failed")
+
+
+async def run_gateway(cfg: NodeConfig, ingest_cfg: IngestConfig, *, denoise: Denoise = NO_DENOISE) -> None:
+    """Ingest plus the participant loop (train, submit, relay new models) until SIGTERM."""
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
     store = ReadingStore(cfg.state_dir / "readings.sqlite")
-    node = ParticipantNode(cfg, lambda cutoff: store_windows(store, cutoff))
+    relay = ModelRelay(cfg.participant_id, cfg.state_dir, host=ingest_cfg.broker_host, port=ingest_cfg.broker_port,
+                       username=ingest_cfg.username, password=ingest_cfg.password,
+                       release_key=ingest_cfg.release_key)
+    node = ParticipantNode(cfg, lambda cutoff: store_windows(store, cutoff, denoise), on_round=relay.after_round)
+    await _serve(cfg.participant_id, cfg.state_dir, ingest_cfg, store, node=node, relay=relay)
+
+
+async def run_ingest(gateway: str, state_dir: Path, ingest_cfg: IngestConfig) -> None:
+    """Ingest only (no federation) until SIGTERM."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    await _serve(gateway, state_dir, ingest_cfg, ReadingStore(state_dir / "readings.sqlite"), node=None, relay=None)
+
+
+async def _serve(gateway: str, state_dir: Path, ingest_cfg: IngestConfig, store: ReadingStore, *,
+                 node: ParticipantNode | None, relay: ModelRelay | None) -> None:
+    registry = open_registry(state_dir, ingest_cfg.devices_file)
     stop = asyncio.Event()
     install_stop_signals(stop)
-    ingest = asyncio.create_task(ingest_forever(store, cfg.participant_id, host=broker_host, port=broker_port,
-                                                username=username, password=password))
+    subscribed = asyncio.Event()
+    ingest = asyncio.create_task(ingest_forever(
+        store, gateway, host=ingest_cfg.broker_host, port=ingest_cfg.broker_port, username=ingest_cfg.username,
+        password=ingest_cfg.password, registry=registry, max_future_s=ingest_cfg.max_future_s, ready=subscribed))
+
+    def status() -> dict:
+        return {"updated": time.time(), "kind": "gateway", "pid": os.getpid(), "subscribed": subscribed.is_set(),
+                "registry_devices": None if registry.open else len(registry), **store.counts(),
+                **node_status(node), **(relay.status() if relay else {})}
 
     async def report() -> None:
         while True:
-            write_json_atomic(cfg.state_dir / "status.json",
-                              {"updated": time.time(), **store.counts(), "answered": node.state.answered})
+            write_json_atomic(state_dir / "status.json", status())
             await asyncio.sleep(1.0)
 
     reporter = asyncio.create_task(report())
-    node_task = asyncio.create_task(node.run(stop))
+    node_task = asyncio.create_task(node.run(stop)) if node else None
     await stop.wait()
-    log.info("gateway %s stopping", cfg.participant_id)
-    # Work in hand is checkpointed in the node's outbox; give an in-flight submission a moment to finish.
-    try:
-        await asyncio.wait_for(asyncio.shield(node_task), timeout=5)
-    except (TimeoutError, Exception):
-        node_task.cancel()
+    log.info("gateway %s stopping", gateway)
+    if node_task is not None:
+        await stop_node(node_task, node)
     for task in (ingest, reporter):
         task.cancel()
-    write_json_atomic(cfg.state_dir / "status.json",
-                      {"updated": time.time(), **store.counts(), "answered": node.state.answered})
-    await node.aclose()
+    for task in (ingest, reporter):
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    write_json_atomic(state_dir / "status.json", {**status(), "stopped": True})
+    if node is not None:
+        await node.aclose()
     store.close()

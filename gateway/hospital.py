@@ -6,15 +6,18 @@ The data file is a CSV with a header `patient,time,glucose` (time in unix second
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import logging
+import os
+import time
 from pathlib import Path
 
 import numpy as np
 
 from federation.errors import SchemaError
 from federation.windows import windows_from_series
-from gateway.daemon import install_stop_signals, write_json_atomic
+from gateway.daemon import install_stop_signals, stop_node, write_json_atomic
 from gateway.node import NodeConfig, ParticipantNode
 
 log = logging.getLogger(__name__)
@@ -50,12 +53,32 @@ def write_clinical_csv(path: Path, series: dict[str, tuple[np.ndarray, np.ndarra
 
 
 async def run_hospital(cfg: NodeConfig, data: Path) -> None:
+    """Take part in rounds on the clinical traces until SIGTERM; `status.json` in the state dir every second."""
     series = load_clinical_csv(data)
-    log.info("hospital %s: %d patients from %s", cfg.participant_id, len(series), data)
+    x, y = windows_from_series(series.values())
+    log.info("hospital %s: %d patients, %d windows from %s", cfg.participant_id, len(series), len(x), data)
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
     # Clinical data is historical: every window is available to every round.
-    node = ParticipantNode(cfg, lambda _cutoff: windows_from_series(series.values()))
+    node = ParticipantNode(cfg, lambda _cutoff: (x, y))
     stop = asyncio.Event()
     install_stop_signals(stop)
-    await node.run(stop)
-    write_json_atomic(cfg.state_dir / "status.json", {"answered": node.state.answered})
+
+    def status() -> dict:
+        return {"updated": time.time(), "kind": "hospital", "pid": os.getpid(), "data": str(data),
+                "patients": len(series), "windows": len(x), **node.status()}
+
+    async def report() -> None:
+        while True:
+            write_json_atomic(cfg.state_dir / "status.json", status())
+            await asyncio.sleep(1.0)
+
+    reporter = asyncio.create_task(report())
+    node_task = asyncio.create_task(node.run(stop))
+    await stop.wait()
+    log.info("hospital %s stopping", cfg.participant_id)
+    await stop_node(node_task, node)
+    reporter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reporter
+    write_json_atomic(cfg.state_dir / "status.json", {**status(), "stopped": True})
     await node.aclose()

@@ -10,10 +10,11 @@ import contextlib
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from federation import ckks, dp_accounting
@@ -25,6 +26,7 @@ from gateway.trainer import DPConfig, plan_steps, train_dp
 
 log = logging.getLogger(__name__)
 WindowSource = Callable[[float | None], tuple[np.ndarray, np.ndarray]]
+RoundHook = Callable[[dict, CloudClient], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -41,9 +43,12 @@ class NodeConfig:
 
 
 class ParticipantNode:
-    def __init__(self, cfg: NodeConfig, windows: WindowSource) -> None:
+    def __init__(self, cfg: NodeConfig, windows: WindowSource, *, on_round: RoundHook | None = None) -> None:
         self.cfg = cfg
         self.windows = windows
+        self.on_round = on_round  # sees every polled round view (the gateway relays new models from it)
+        self._privacy_cache: tuple[int, dict] | None = None
+        self.enrolled = False
         self.key = load_or_create_key(cfg.state_dir / "participant-key.pem")
         self.state_path = cfg.state_dir / "node-state.json"
         self.state = NodeState.load(self.state_path)
@@ -51,9 +56,14 @@ class ParticipantNode:
         self._public_ctx = None
 
     async def enroll(self) -> None:
-        body = {"participant_id": self.cfg.participant_id, "kind": self.cfg.kind,
-                "public_key": public_key_b64(self.key), "token": self.cfg.enroll_token}
-        await self.cloud.request("POST", "/v1/participants", json=body)
+        # The provisioning token is one-time: enroll once, remember it, and skip the POST on later starts.
+        marker = self.cfg.state_dir / "enrolled.json"
+        if not marker.exists():
+            body = {"participant_id": self.cfg.participant_id, "kind": self.cfg.kind,
+                    "public_key": public_key_b64(self.key), "token": self.cfg.enroll_token}
+            await self.cloud.request("POST", "/v1/participants", json=body)
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f'{{"cloud_url": "{self.cfg.cloud_url}", "public_key": "{public_key_b64(self.key)}"}}\n')
         ctx_bytes = (await self.cloud.request("GET", "/v1/context")).content
         self._public_ctx = ckks.load_context(ctx_bytes)
         log.info("%s enrolled with %s", self.cfg.participant_id, self.cfg.cloud_url)
@@ -61,17 +71,61 @@ class ParticipantNode:
     def epsilon(self, history: list[tuple[float, float, int]]) -> float:
         return dp_accounting.epsilon(history, delta=self.cfg.dp.delta, accountant=self.cfg.dp.accountant)
 
+    def status(self) -> dict:
+        """What the node writes to its status file: enrollment, rounds answered, privacy spent."""
+        return {"enrolled": self.enrolled, "answered": self.state.answered, "outbox": sorted(self.state.outbox),
+                "privacy": self.privacy_status()}
+
+    def privacy_status(self) -> dict:
+        """Cumulative and last-round epsilon recomputed from the persisted history (cached per history length)."""
+        hist = self.state.steps()
+        if self._privacy_cache is None or self._privacy_cache[0] != len(hist):
+            self._privacy_cache = (len(hist), {
+                "epsilon_cumulative": self.epsilon(hist), "epsilon_last_round": self.epsilon(hist[-1:]),
+                "rounds_trained": len(hist), "delta": self.cfg.dp.delta, "unit": dp_accounting.UNIT,
+                "accountant": self.cfg.dp.accountant, "epsilon_cap": self.cfg.dp.epsilon_cap})
+        return self._privacy_cache[1]
+
     async def run(self, stop: asyncio.Event) -> None:
-        await self.enroll()
-        await self.flush_outbox()
+        while not stop.is_set():  # the cloud may not be up yet: keep trying, keep serving SIGTERM
+            try:
+                await self.enroll()
+                self.enrolled = True
+                break
+            except (httpx.TransportError, httpx.HTTPStatusError, CloudRejected) as exc:
+                log.warning("%s: enrollment failed (%s); retrying", self.cfg.participant_id, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=5.0)
+        if stop.is_set():
+            return
+        with contextlib.suppress(httpx.TransportError):
+            await self.flush_outbox()
         while not stop.is_set():
             try:
                 rnd = (await self.cloud.request("GET", "/v1/rounds/current")).json()
             except CloudRejected:
                 rnd = None  # no round yet
+            except httpx.TransportError as exc:  # the cloud is unreachable: keep ingesting, poll again later
+                log.warning("%s: cloud unreachable (%s)", self.cfg.participant_id, exc)
+                rnd = None
             if rnd and rnd["state"] == "collecting" and str(rnd["round"]) not in self.state.answered \
                     and self.cfg.participant_id in rnd["expected"]:
-                await self.answer(rnd)
+                try:
+                    await self.answer(rnd)
+                except (CloudRejected, ckks.CKKSError, ValueError) as exc:  # this round only; keep serving
+                    log.error("%s: round %s not answered: %s", self.cfg.participant_id, rnd["round"], exc)
+                    with contextlib.suppress(httpx.TransportError):
+                        await self.refuse(rnd["round"], f"node error: {exc}")
+                except httpx.TransportError as exc:  # anything trained is in the outbox; resent next poll
+                    log.warning("%s: round %s: cloud unreachable (%s)", self.cfg.participant_id, rnd["round"], exc)
+            if rnd and self.on_round is not None:
+                try:
+                    await self.on_round(rnd, self.cloud)
+                except Exception:  # a relay problem must never stop the participant loop
+                    log.exception("%s: round hook failed", self.cfg.participant_id)
+            if self.state.outbox:
+                with contextlib.suppress(httpx.TransportError):
+                    await self.flush_outbox()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.cfg.poll_seconds)
 

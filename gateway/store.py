@@ -1,8 +1,15 @@
-"""The gateway's local reading store: SQLite in WAL mode, one row per (device, sequence), plus a quarantine."""
+"""The gateway's local reading store: SQLite in WAL mode, one row per (device, sequence), plus a quarantine.
+
+Every write is one transaction committed with `synchronous=FULL` before the method returns, so the ingest can
+acknowledge an MQTT message as soon as `add_batch` or `quarantine` returns. One connection, shared by the MQTT
+network thread and the asyncio loop, serialised by a lock.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +24,8 @@ CREATE TABLE IF NOT EXISTS readings (
     PRIMARY KEY (device, seq)
 );
 CREATE TABLE IF NOT EXISTS quarantine (
-    id INTEGER PRIMARY KEY, received REAL NOT NULL, topic TEXT NOT NULL, reason TEXT NOT NULL, payload BLOB
+    id INTEGER PRIMARY KEY, received REAL NOT NULL, topic TEXT NOT NULL, reason TEXT NOT NULL, payload BLOB,
+    digest TEXT UNIQUE  -- sha256(topic, payload): a redelivered rejected message is kept once
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
@@ -30,9 +38,11 @@ class ReadingStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        self._lock = threading.RLock()
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     def _bump(self, name: str, by: int) -> None:
         self._db.execute(
@@ -43,7 +53,7 @@ class ReadingStore:
         """Store a batch durably (one transaction); returns (new readings, duplicates dropped)."""
         rows = [(batch.device, r.seq, r.t, r.value, batch.ldp.mechanism, batch.ldp.epsilon, batch.ldp.lo,
                  batch.ldp.hi) for r in batch.readings]
-        with self._db:
+        with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             before = self._db.total_changes
             self._db.executemany("INSERT OR IGNORE INTO readings VALUES (?,?,?,?,?,?,?,?)", rows)
@@ -52,12 +62,17 @@ class ReadingStore:
         return new, len(rows) - new
 
     def quarantine(self, topic: str, payload: bytes, reason: str) -> None:
-        with self._db:
+        with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("INSERT INTO quarantine(received, topic, reason, payload) VALUES (?,?,?,?)",
-                             (time.time(), topic, reason[:500], payload[:65536]))
+            digest = hashlib.sha256(topic.encode() + b"\x00" + payload).hexdigest()
+            self._db.execute("INSERT OR IGNORE INTO quarantine(received, topic, reason, payload, digest) "
+                             "VALUES (?,?,?,?,?)", (time.time(), topic, reason[:500], payload[:65536], digest))
 
     def counts(self) -> dict[str, int]:
+        with self._lock:
+            return self._counts()
+
+    def _counts(self) -> dict[str, int]:
         ingested = self._db.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
         devices = self._db.execute("SELECT COUNT(DISTINCT device) FROM readings").fetchone()[0]
         rejected = self._db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
@@ -65,12 +80,15 @@ class ReadingStore:
         return {"ingested": ingested, "devices": devices, "rejected": rejected, "duplicates": dup[0] if dup else 0}
 
     def quarantined(self) -> list[tuple[str, str]]:
-        return self._db.execute("SELECT topic, reason FROM quarantine ORDER BY id").fetchall()
+        with self._lock:
+            return self._db.execute("SELECT topic, reason FROM quarantine ORDER BY id").fetchall()
 
     def series(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Every device's readings as (times, values), ordered by time."""
         out: dict[str, tuple[list[int], list[float]]] = {}
-        for device, t, v in self._db.execute("SELECT device, t, value FROM readings ORDER BY device, t"):
+        with self._lock:
+            rows = self._db.execute("SELECT device, t, value FROM readings ORDER BY device, t").fetchall()
+        for device, t, v in rows:
             ts, vs = out.setdefault(device, ([], []))
             ts.append(t)
             vs.append(v)

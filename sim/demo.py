@@ -87,8 +87,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     t_start = time.time()
     out = prepare_run_dir(cfg.out)
     printer = RoundPrinter()
-    admin_token, enroll_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    env = {"WEARFED_ADMIN_TOKEN": admin_token, "WEARFED_ENROLL_TOKEN": enroll_token}
+    admin_token = secrets.token_urlsafe(24)
+    env = {"WEARFED_ADMIN_TOKEN": admin_token}
     gateways = [f"gw-{i}" for i in range(1, cfg.gateways + 1)]
     hospitals = [f"hosp-{i}" for i in range(1, cfg.hospitals + 1)]
     participants = gateways + hospitals
@@ -101,21 +101,27 @@ def run_demo(cfg: DemoConfig) -> dict:
         cloud_url = f"http://127.0.0.1:{cloud_port}"
         group.start("cloud", ["cloud", "serve", "--port", str(cloud_port), "--db", f"sqlite:///{out / 'cloud.db'}",
                               "--state-dir", str(out / "cloud"), "--dev-insecure-custodian",
-                              "--log-level", "warning"], env=env)
+                              "--epsilon-cap", str(cfg.epsilon_cap), "--log-level", "warning"], env=env)
         wait_for_port("127.0.0.1", cloud_port, timeout=60)
         health = httpx.get(f"{cloud_url}/healthz").json()
         printer.warn(f"cloud: {cloud_url} — custodian {health['custodian']}: {health['warning']}")
+        staff = _bootstrap_staff(cloud_url, admin_token)
+        admin = staff["admin"]
+        enroll_env = {}
+        for pid in participants:  # one one-time provisioning token per participant, bound to its id
+            resp = admin.post("/v1/enrollment-tokens", json={"participant_id": pid})
+            resp.raise_for_status()
+            enroll_env[pid] = {"WEARFED_ENROLL_TOKEN": resp.json()["token"]}
         dp_flags = ["--noise-multiplier", str(cfg.noise_multiplier), "--epsilon-cap", str(cfg.epsilon_cap),
                     "--seed", str(cfg.seed), "--cloud-url", cloud_url, "--log-level", "warning"]
         for gw in gateways:
             group.start(gw, ["gateway", "run", "--id", gw, "--state-dir", str(out / gw), "--broker-port",
-                             str(broker.port), *dp_flags], env=env)
+                             str(broker.port), *dp_flags], env=enroll_env[gw])
         for h in hospitals:
             (out / h).mkdir(exist_ok=True)
             _write_hospital_data(cfg, h, out / h / "clinical.csv")
             group.start(h, ["hospital", "run", "--id", h, "--state-dir", str(out / h), "--data",
-                            str(out / h / "clinical.csv"), *dp_flags], env=env)
-        admin = httpx.Client(base_url=cloud_url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=30)
+                            str(out / h / "clinical.csv"), *dp_flags], env=enroll_env[h])
 
         def enrolled() -> bool:
             group.check_alive()
@@ -140,7 +146,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                     group.check_alive()
                     progress(read_json(out / "fleet-status.json").get("published", 0), clock.now())
                     time.sleep(0.2)
-                rounds.append(_run_round(admin, cfg, k, cutoff, heldout, group, progress, clock, out))
+                rounds.append(_run_round(staff, cfg, k, cutoff, heldout, group, progress, clock, out))
                 printer.round_table(rounds[-1])
         readings = _drain_and_count(cfg, out, gateways, group)
         printer.readings(readings)
@@ -158,11 +164,28 @@ def run_demo(cfg: DemoConfig) -> dict:
     return summary
 
 
-def _run_round(admin: httpx.Client, cfg: DemoConfig, k: int, cutoff: float, heldout: EvalSet,
+STAFF_ROLES = ("operator", "data_scientist", "compliance_officer")
+
+
+def _bootstrap_staff(cloud_url: str, admin_token: str) -> dict[str, httpx.Client]:
+    """The bootstrap admin creates one user per role the demo acts in (separate users: segregation of duties)."""
+    def client(token: str) -> httpx.Client:
+        return httpx.Client(base_url=cloud_url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    staff = {"admin": client(admin_token)}
+    for role in STAFF_ROLES:
+        resp = staff["admin"].post("/v1/users", json={"name": f"demo-{role.replace('_', '-')}", "role": role})
+        resp.raise_for_status()
+        staff[role] = client(resp.json()["token"])
+    return staff
+
+
+def _run_round(staff: dict[str, httpx.Client], cfg: DemoConfig, k: int, cutoff: float, heldout: EvalSet,
                group: ProcessGroup, progress, clock: SimClock, out: Path) -> dict:  # noqa: ANN001
     t0 = time.time()
-    resp = admin.post("/v1/rounds", json={"quorum": 2, "deadline_s": cfg.round_deadline_s,
-                                          "data_cutoff": cutoff, "local_epochs": cfg.local_epochs})
+    admin = staff["admin"]
+    resp = staff["operator"].post("/v1/rounds", json={"quorum": 2, "deadline_s": cfg.round_deadline_s,
+                                                      "data_cutoff": cutoff, "local_epochs": cfg.local_epochs})
     resp.raise_for_status()
     round_id = resp.json()["round"]
 
@@ -182,6 +205,14 @@ def _run_round(admin: httpx.Client, cfg: DemoConfig, k: int, cutoff: float, held
         scores = evaluate(weights, heldout)
         row.update({k2: round(v, 2) for k2, v in scores.items()})
         row["model_hash"] = m["hash"]
+        # held-out metrics posted by a data scientist, approved by compliance, promoted by the admin
+        # (the operator opened the round, so it may not promote it)
+        staff["data_scientist"].post(f"/v1/rounds/{round_id}/metrics",
+                                     json={"metrics": {k2: float(v) for k2, v in scores.items()}}).raise_for_status()
+        approval = staff["compliance_officer"].post(f"/v1/rounds/{round_id}/approve")
+        if approval.status_code == 200:
+            admin.post(f"/v1/rounds/{round_id}/promote").raise_for_status()
+        row["model_status"] = admin.get(f"/v1/models/{report['result_model_version']}").json()["status"]
     row["epsilon"] = {u["participant"]: {"value": round(u["dp"]["epsilon_cumulative"], 4),
                                          "round_value": round(u["dp"]["epsilon_round"], 4),
                                          "delta": u["dp"]["delta"], "unit": u["dp"]["unit"],

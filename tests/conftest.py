@@ -71,8 +71,11 @@ def cloud(tmp_path: Path, db_url: str) -> Iterator[CloudHandle]:
     from cloud.app import CloudSettings, create_app
 
     settings = CloudSettings(db_url=db_url, state_dir=tmp_path / "cloud-state", admin_token=ADMIN_TOKEN,
-                             enroll_token=ENROLL_TOKEN, dev_insecure_custodian=True, tick_seconds=0.1)
+                             dev_insecure_custodian=True, tick_seconds=0.1)
     app = create_app(settings)
+    # Provisioning tokens are one-time; tests that enroll several nodes with ENROLL_TOKEN get it as a
+    # 100-use token (cloud tests issue their own one-time tokens through the admin API).
+    app.state.federation.issue_enrollment_token("test-fixture", token=ENROLL_TOKEN, uses=100)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
+from datetime import timedelta
 
 import httpx
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud.custodian import Custodian, CustodianRefusal
+from cloud.custodian import Custodian, CustodianRefusal, LedgerUpdate
 from federation import ckks, model
-from tests.cloud.participants import FakeNode, random_delta
-from tests.conftest import ADMIN_TOKEN, ENROLL_TOKEN
-
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+from federation.signing import public_key_b64, sign
+from tests.cloud.participants import (
+    ADMIN,
+    FakeNode,
+    assert_reason,
+    issue_token,
+    open_round,
+    random_delta,
+    wait_state,
+)
 
 
 @pytest.fixture
@@ -26,26 +34,10 @@ def http(cloud) -> httpx.Client:  # noqa: ANN001
 
 @pytest.fixture
 def nodes(http: httpx.Client) -> list[FakeNode]:
-    out = [FakeNode(http, f"gw-{i}", token=ENROLL_TOKEN) for i in (1, 2, 3)]
+    out = [FakeNode(http, f"gw-{i}") for i in (1, 2, 3)]
     for n in out:
         assert n.enroll().status_code == 201
     return out
-
-
-def open_round(http: httpx.Client, *, quorum: int = 2, deadline_s: float = 60) -> int:
-    resp = http.post("/v1/rounds", json={"quorum": quorum, "deadline_s": deadline_s}, headers=ADMIN)
-    assert resp.status_code == 201, resp.text
-    return resp.json()["round"]
-
-
-def wait_state(http: httpx.Client, round_id: int, states: tuple[str, ...], timeout: float = 20) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        report = http.get(f"/v1/rounds/{round_id}", headers=ADMIN).json()
-        if report["state"] in states:
-            return report
-        time.sleep(0.05)
-    raise AssertionError(f"round {round_id} never reached {states}: {report}")
 
 
 def test_health_labels_the_insecure_custodian(http: httpx.Client) -> None:
@@ -62,20 +54,29 @@ def test_public_context_cannot_decrypt(http: httpx.Client) -> None:
         ckks.decrypt(ctx, blob)
 
 
-def test_enrollment_checks_token_key_and_identity(http: httpx.Client) -> None:
+def test_enrollment_token_is_one_time_bound_and_audited(cloud, http: httpx.Client) -> None:  # noqa: ANN001
     node = FakeNode(http, "gw-9", token="wrong")
-    resp = node.enroll()
-    assert resp.status_code == 403 and "token" in resp.json()["detail"]
-    node.token = ENROLL_TOKEN
+    assert_reason(node.enroll(), 403, "token is not valid")
+    node.token = issue_token(http, "gw-9")
     assert node.enroll().status_code == 201
-    assert node.enroll().json()["status"] == "already-enrolled"
-    impostor = FakeNode(http, "gw-9", token=ENROLL_TOKEN)
-    resp = impostor.enroll()
-    assert resp.status_code == 409 and "another key" in resp.json()["detail"]
+    assert_reason(node.enroll(), 409, "already used")  # replayed: the token was consumed
+    impostor = FakeNode(http, "gw-9", token=issue_token(http))  # a fresh unbound token, an enrolled id
+    assert_reason(impostor.enroll(), 409, "already enrolled with another key")
+    bound = FakeNode(http, "gw-7", token=issue_token(http, "gw-6"))
+    assert_reason(bound.enroll(), 403, "issued for gw-6")
+    hospital_only = FakeNode(http, "gw-5", token=issue_token(http, None, kind="hospital"))
+    assert_reason(hospital_only.enroll(), 403, "issued for a hospital")
+    expired = FakeNode(http, "gw-4", token=issue_token(http, "gw-4", ttl_s=0.001))
+    time.sleep(0.05)
+    assert_reason(expired.enroll(), 403, "expired")
     bad_key = http.post("/v1/participants", json={"participant_id": "gw-8", "kind": "gateway",
-                                                  "public_key": base64.b64encode(b"x" * 31).decode() + "=" * 0,
-                                                  "token": ENROLL_TOKEN})
+                                                  "public_key": base64.b64encode(b"x" * 31).decode(),
+                                                  "token": issue_token(http, "gw-8")})
     assert bad_key.status_code in (400, 422)
+    assert http.post("/v1/enrollment-tokens", json={}).status_code == 401  # only an admin issues tokens
+    kinds = audit_kinds(cloud)
+    assert kinds.count("participant.enrolled") == 1
+    assert kinds.count("access.denied") >= 5 and "enrollment.rejected" in kinds  # 403s and the 409s
 
 
 def test_admin_endpoints_need_the_admin_token(http: httpx.Client, nodes: list[FakeNode]) -> None:
@@ -83,6 +84,7 @@ def test_admin_endpoints_need_the_admin_token(http: httpx.Client, nodes: list[Fa
     assert http.post("/v1/rounds", json={"quorum": 2, "deadline_s": 10},
                      headers={"Authorization": "Bearer nope"}).status_code == 401
     assert http.get("/v1/participants").status_code == 401
+    assert http.get("/v1/participants", headers={"Authorization": "Basic " + "x" * 8}).status_code == 401
 
 
 def test_round_aggregates_encrypted_updates_to_plain_fedavg(http: httpx.Client, nodes: list[FakeNode]) -> None:
@@ -121,13 +123,19 @@ def test_hostile_submissions_get_4xx_with_a_reason(cloud, http: httpx.Client, no
     assert_reason(a.submit(round_id, body), 400, "sha256")
 
     assert_reason(a.submit(round_id + 1, good), 400, "round")
-    stranger = FakeNode(http, "gw-77", token=ENROLL_TOKEN)
+    stranger = FakeNode(http, "gw-77")
     assert_reason(stranger.submit(round_id, stranger.submission(round_id, random_delta(2), n_samples=5)),
                   403, "not enrolled")
     stale = b.submission(round_id, random_delta(3), n_samples=10, base_version=5)
     assert_reason(b.submit(round_id, stale), 409, "based on model 5")
     wrong_len = b.submission(round_id, np.zeros(model.N_PARAMS + 1), n_samples=10)
     assert_reason(b.submit(round_id, wrong_len), 400, "values")
+    inf = b.submission(round_id, random_delta(3), n_samples=10)
+    inf_body = base64.b64encode(b"").decode()  # empty ciphertext
+    assert_reason(b.submit(round_id, {**inf, "ciphertext": inf_body}), 400, "sha256")
+    nan_eps = http.post(f"/v1/rounds/{round_id}/updates", headers={"content-type": "application/json"},
+                        content=json.dumps(inf).replace(str(inf["envelope"]["dp"]["epsilon_round"]), "NaN"))
+    assert nan_eps.status_code == 422
 
     assert http.post(f"/v1/rounds/{round_id}/updates", content=b"{not json").status_code == 422
     missing = {k: v for k, v in good.items() if k != "signature"}
@@ -135,6 +143,12 @@ def test_hostile_submissions_get_4xx_with_a_reason(cloud, http: httpx.Client, no
     huge = http.post(f"/v1/rounds/{round_id}/updates", content=b"x" * (5 * 1024 * 1024),
                      headers={"content-type": "application/json"})
     assert_reason(huge, 413, "exceeds")
+
+    def chunks():  # no content-length: the endpoint itself measures and refuses
+        for _ in range(5):
+            yield b"x" * (1024 * 1024)
+
+    assert_reason(http.post(f"/v1/rounds/{round_id}/updates", content=chunks()), 413, "exceeds")
 
     assert a.submit(round_id, good).status_code == 200
     replay = a.submit(round_id, good)  # same idempotency key and ciphertext: recognised, not double-counted
@@ -144,7 +158,8 @@ def test_hostile_submissions_get_4xx_with_a_reason(cloud, http: httpx.Client, no
     report = http.get(f"/v1/rounds/{round_id}", headers=ADMIN).json()
     assert [u["participant"] for u in report["updates"]] == ["gw-1"]
     events = audit_kinds(cloud)
-    assert "update.rejected" in events and "access.denied" in events
+    assert "update.rejected" in events and "access.denied" in events and "update.replayed" in events
+    assert events.count("request.too_large") == 2 and "request.invalid" in events
 
 
 def audit_kinds(cloud) -> list[str]:  # noqa: ANN001
@@ -153,42 +168,86 @@ def audit_kinds(cloud) -> list[str]:  # noqa: ANN001
     from cloud.db import Event
 
     with cloud.federation.sessions() as s:
-        return list(s.scalars(select(Event.kind).order_by(Event.id)))
+        return list(s.scalars(select(Event.kind).order_by(Event.seq)))
 
 
-def assert_reason(resp: httpx.Response, status: int, fragment: str) -> None:
-    assert resp.status_code == status, resp.text
-    assert fragment in resp.json()["detail"], resp.json()
+def expire(cloud, round_id: int) -> None:  # noqa: ANN001
+    """Move a round's deadline into the past (no race against a short real deadline on a loaded machine)."""
+    from sqlalchemy import update
+
+    from cloud.db import Round, utcnow
+
+    with cloud.federation.sessions.begin() as s:
+        s.execute(update(Round).where(Round.id == round_id).values(deadline_at=utcnow() - timedelta(seconds=1)))
 
 
-def test_late_submission_and_failed_quorum(http: httpx.Client, nodes: list[FakeNode]) -> None:
-    round_id = open_round(http, quorum=2, deadline_s=0.5)
+def test_late_submission_and_failed_quorum(cloud, http: httpx.Client, nodes: list[FakeNode]) -> None:  # noqa: ANN001
+    round_id = open_round(http, quorum=2, deadline_s=600)
     body = nodes[0].submission(round_id, random_delta(1), n_samples=10)
     assert nodes[0].submit(round_id, body).status_code == 200
+    late = nodes[1].submission(round_id, random_delta(2), n_samples=10)
+    expire(cloud, round_id)
     report = wait_state(http, round_id, ("completed", "failed"))
     assert report["state"] == "failed" and "quorum not met" in report["failure_reason"]
-    late = nodes[1].submission(round_id, random_delta(2), n_samples=10)
     assert_reason(nodes[1].submit(round_id, late), 409, "not collecting")
     assert http.get("/v1/models/latest").json()["version"] == 0  # nothing was decrypted or released
+    kinds = [e["kind"] for e in cloud.federation.audit_entries(limit=10_000)]
+    assert "update.rejected" in kinds
 
 
-def test_round_closes_at_deadline_with_quorum_of_stragglers(http: httpx.Client, nodes: list[FakeNode]) -> None:
-    round_id = open_round(http, quorum=2, deadline_s=1.0)
+def test_round_closes_at_deadline_with_quorum_of_stragglers(cloud, http: httpx.Client,  # noqa: ANN001
+                                                            nodes: list[FakeNode]) -> None:
+    round_id = open_round(http, quorum=2, deadline_s=600)
     for node in nodes[:2]:
         assert node.submit(round_id, node.submission(round_id, random_delta(5), n_samples=10)).status_code == 200
+    assert http.get(f"/v1/rounds/{round_id}", headers=ADMIN).json()["state"] == "collecting"  # gw-3 awaited
+    expire(cloud, round_id)
     report = wait_state(http, round_id, ("completed", "failed"))
     assert report["state"] == "completed" and len(report["updates"]) == 2
+    closing = [e for e in cloud.federation.audit_entries(limit=10_000)
+               if e["kind"] == "round.state" and e["detail"]["state"] == "aggregating"]
+    assert closing[0]["detail"]["stragglers"] == ["gw-3"]
 
 
-def test_custodian_refuses_anything_but_a_quorum_aggregate(tmp_path) -> None:  # noqa: ANN001
+def _ledger_rows(ctx, n: int, keys: list[Ed25519PrivateKey]) -> list[LedgerUpdate]:  # noqa: ANN001
+    import hashlib
+
+    rows = []
+    for i in range(n):
+        blob = ckks.encrypt(ctx, np.full(5, float(i + 1)))
+        env = {"participant": f"gw-{i}", "ciphertext_sha256": hashlib.sha256(blob).hexdigest(), "round": 1}
+        rows.append(LedgerUpdate(participant=f"gw-{i}", public_key=public_key_b64(keys[i]), envelope=env,
+                                 signature=sign(keys[i], env), ciphertext=blob))
+    return rows
+
+
+def test_custodian_decrypts_only_the_ledger_backed_quorum_sum(tmp_path) -> None:  # noqa: ANN001
+    import hashlib
+
     custodian = Custodian.dev_unsealed(tmp_path)
     ctx = ckks.load_context(custodian.public_context_bytes)
-    blob = ckks.encrypt(ctx, np.arange(5.0))
+    keys = [Ed25519PrivateKey.generate() for _ in range(3)]
+    rows = _ledger_rows(ctx, 3, keys)
+    accepted = {r.envelope["ciphertext_sha256"] for r in rows}
+    total = ckks.sum_encrypted(ctx, [r.ciphertext for r in rows])
+    np.testing.assert_allclose(custodian.decrypt_aggregate(total, updates=rows, quorum=2, accepted_hashes=accepted),
+                               np.full(5, 6.0), atol=1e-4)
+    single = rows[0].ciphertext  # one participant's update, dressed up as an aggregate
+    with pytest.raises(CustodianRefusal, match="not the sum"):
+        custodian.decrypt_aggregate(single, updates=rows, quorum=2, accepted_hashes=accepted)
     with pytest.raises(CustodianRefusal, match="quorum"):
-        custodian.decrypt_aggregate(blob, contributors=["gw-1"], quorum=1)
+        custodian.decrypt_aggregate(single, updates=rows[:1], quorum=1, accepted_hashes=accepted)
+    with pytest.raises(CustodianRefusal, match="quorum"):
+        custodian.decrypt_aggregate(total, updates=rows, quorum=4, accepted_hashes=accepted)
     with pytest.raises(CustodianRefusal, match="distinct"):
-        custodian.decrypt_aggregate(blob, contributors=["gw-1", "gw-1"], quorum=2)
-    with pytest.raises(CustodianRefusal, match="quorum"):
-        custodian.decrypt_aggregate(blob, contributors=["gw-1", "gw-2"], quorum=3)
-    np.testing.assert_allclose(custodian.decrypt_aggregate(blob, contributors=["a", "b"], quorum=2),
-                               np.arange(5.0), atol=1e-6)
+        custodian.decrypt_aggregate(total, updates=[rows[0], rows[0], rows[1]], quorum=2, accepted_hashes=accepted)
+    forged = [rows[0], rows[1], LedgerUpdate(**{**rows[2].__dict__, "public_key": public_key_b64(keys[0])})]
+    with pytest.raises(CustodianRefusal, match="not signed"):
+        custodian.decrypt_aggregate(total, updates=forged, quorum=2, accepted_hashes=accepted)
+    with pytest.raises(CustodianRefusal, match="not recorded as accepted"):
+        custodian.decrypt_aggregate(total, updates=rows, quorum=2,
+                                    accepted_hashes=accepted - {rows[1].envelope["ciphertext_sha256"]})
+    swapped = [rows[0], rows[1], LedgerUpdate(**{**rows[2].__dict__, "ciphertext": rows[0].ciphertext})]
+    with pytest.raises(CustodianRefusal, match="does not match its signed envelope"):
+        custodian.decrypt_aggregate(total, updates=swapped, quorum=2, accepted_hashes=accepted)
+    assert hashlib.sha256(total).hexdigest()  # the aggregate itself was never altered

@@ -615,3 +615,27 @@ def test_checkpoint_rejects_tampered_signature(key: Ed25519PrivateKey) -> None:
             verify_checkpoint(cp, bad, key.public_key())  # type: ignore[arg-type]
     with pytest.raises(VerificationError):
         verify_checkpoint(cp, signature, key)  # type: ignore[arg-type]
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=40), max_size=70))
+def test_persisted_frontier_extends_to_the_same_roots(leaves: list[bytes]) -> None:
+    """The audit ledger stores only the frontier between appends; its root must equal MTH at every size."""
+    from federation.merkle import extend_frontier, frontier_root
+
+    frontier: list[bytes] = []
+    assert frontier_root(frontier) == EMPTY_ROOT_HASH
+    for size, data in enumerate(leaves):
+        frontier = extend_frontier(frontier, size, leaf_hash(data))
+        assert frontier_root(frontier) == root_hash(leaves[: size + 1])
+
+
+def test_frontier_of_the_wrong_size_is_refused() -> None:
+    from federation.merkle import extend_frontier
+
+    with pytest.raises(ValueError, match="cannot belong"):
+        extend_frontier([leaf_hash(b"a")], 3, leaf_hash(b"b"))  # a tree of 3 leaves has two perfect subtrees
+    with pytest.raises(ValueError, match="cannot belong"):
+        extend_frontier([], 3, leaf_hash(b"b"))
+    with pytest.raises(VerificationError):
+        extend_frontier([], 0, b"short")

@@ -67,3 +67,35 @@ def test_ingest_stores_dedups_and_quarantines(mosquitto, tmp_path: Path) -> None
     assert any("LDP header missing" in r for r in reasons)
     times, values = store.series()["gw-1-dev001"]
     assert list(values) == [120.0 + s for s in range(10)]
+
+
+class FlakyStore(ReadingStore):
+    """A store whose first write fails as a full disk would (sqlite3.OperationalError)."""
+
+    failures = 1
+
+    def add_batch(self, batch):  # noqa: ANN001, ANN201
+        if self.failures:
+            self.failures -= 1
+            import sqlite3
+
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().add_batch(batch)
+
+
+def test_a_failed_store_is_not_acknowledged_and_the_message_comes_back(mosquitto, tmp_path: Path) -> None:  # noqa: ANN001
+    store = FlakyStore(tmp_path / "readings.sqlite")
+
+    async def scenario() -> None:
+        ready = asyncio.Event()
+        task = asyncio.create_task(ingest_forever(store, "gw-1", host=mosquitto.host, port=mosquitto.port,
+                                                  ready=ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="gw-1-dev001") as dev:
+            await dev.publish(readings_topic("gw-1", "gw-1-dev001"), batch("gw-1-dev001", range(0, 5)), qos=1)
+            await _wait(lambda: store.counts()["ingested"] == 5, timeout=20)  # redelivered after the reconnect
+        assert store.failures == 0
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert store.counts() == {"ingested": 5, "devices": 1, "rejected": 0, "duplicates": 0}

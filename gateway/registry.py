@@ -1,0 +1,75 @@
+"""The gateway's device registry: the device ids provisioned to it, read from a file and re-read when it changes.
+
+File format: one device id per line; blank lines and lines starting with "#" are ignored. A gateway with no
+registry accepts any device id the broker lets publish under its topic (the broker ACL is then the only check)
+and says so in its log at start; production gateways are started with `--devices-file`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+from federation.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def parse_devices(text: str) -> frozenset[str]:
+    ids = set()
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            if len(line) > 64 or any(c in line for c in "/+#"):
+                raise ConfigError(f"device id {line!r} is not a valid topic level (max 64 chars, no / + #)")
+            ids.add(line)
+    return frozenset(ids)
+
+
+class DeviceRegistry:
+    """Known device ids; `None` path means an open registry (any id is known)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._mtime: int | None = None
+        self._ids: frozenset[str] = frozenset()
+        if path is not None:
+            self._reload(force=True)
+        else:
+            log.warning("no device registry configured: accepting every device the broker admits to this gateway's "
+                        "topic (pass --devices-file to quarantine unknown devices)")
+
+    @property
+    def open(self) -> bool:
+        return self.path is None
+
+    def _reload(self, *, force: bool = False) -> None:
+        assert self.path is not None
+        try:
+            mtime = os.stat(self.path).st_mtime_ns
+        except OSError as exc:
+            if force:
+                raise ConfigError(f"device registry {self.path} is unreadable: {exc}") from exc
+            log.error("device registry %s unreadable (%s); keeping the last %d ids", self.path, exc, len(self._ids))
+            return
+        if force or mtime != self._mtime:
+            ids = parse_devices(self.path.read_text())
+            self._ids, self._mtime = ids, mtime
+            log.info("device registry %s: %d devices", self.path, len(ids))
+
+    def __contains__(self, device: str) -> bool:
+        if self.path is None:
+            return True
+        with self._lock:
+            try:
+                self._reload()
+            except ConfigError as exc:
+                log.error("device registry %s has a bad line (%s); keeping the last %d ids", self.path, exc,
+                          len(self._ids))
+            return device in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)

@@ -1,0 +1,138 @@
+"""Access control: every role against every bearer-token endpoint, allowed and denied, over real HTTP.
+
+Expectations come from two places that must agree: the permission table in `cloud.rbac`, and the list
+written out by hand below. Changing one without the other fails the test.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+
+from cloud import rbac
+from tests.cloud.participants import create_user
+
+# Written by hand from issue 6 (not derived from cloud.rbac).
+HAND_WRITTEN = {
+    "user.create": {"admin"},
+    "user.list": {"admin"},
+    "whoami": {"admin", "data_scientist", "compliance_officer", "operator", "auditor", "participant"},
+    "enrollment_token.issue": {"admin"},
+    "participant.list": {"admin", "operator", "compliance_officer", "auditor"},
+    "participant.configure": {"admin", "compliance_officer"},
+    "round.open": {"admin", "operator", "data_scientist"},
+    "round.read": {"admin", "operator", "data_scientist", "compliance_officer", "auditor"},
+    "round.evaluate": {"data_scientist"},
+    "round.approve": {"compliance_officer"},
+    "round.reject": {"compliance_officer", "data_scientist"},
+    "model.promote": {"admin", "operator"},
+    "model.rollback": {"admin", "operator"},
+    "audit.read": {"auditor", "compliance_officer"},
+    "privacy.read": {"auditor", "compliance_officer"},
+    "alerts.read": {"auditor", "compliance_officer"},
+    "custodian.unseal": {"admin", "compliance_officer"},
+    "participant.enroll": {"participant"},
+    "update.submit": {"participant"},
+    "refusal.submit": {"participant"},
+}
+
+# (method, path, action, json body) for every bearer-token endpoint
+ENDPOINTS = [
+    ("GET", "/v1/whoami", "whoami", None),
+    ("POST", "/v1/users", "user.create", lambda: {"name": f"u-{uuid.uuid4().hex[:8]}", "role": "auditor"}),
+    ("GET", "/v1/users", "user.list", None),
+    ("POST", "/v1/enrollment-tokens", "enrollment_token.issue", lambda: {"participant_id": "gw-x"}),
+    ("GET", "/v1/participants", "participant.list", None),
+    ("PUT", "/v1/participants/gw-none/epsilon-cap", "participant.configure", lambda: {"epsilon_cap": 5.0}),
+    ("POST", "/v1/rounds", "round.open", lambda: {"quorum": 2, "deadline_s": 5}),
+    ("GET", "/v1/rounds/99", "round.read", None),
+    ("POST", "/v1/rounds/99/metrics", "round.evaluate", lambda: {"metrics": {"rmse30": 20.0}}),
+    ("POST", "/v1/rounds/99/approve", "round.approve", None),
+    ("POST", "/v1/rounds/99/reject", "round.reject", lambda: {"reason": "test"}),
+    ("POST", "/v1/rounds/99/promote", "model.promote", None),
+    ("POST", "/v1/models/rollback", "model.rollback", lambda: {"reason": "test"}),
+    ("GET", "/v1/audit/entries", "audit.read", None),
+    ("GET", "/v1/audit/checkpoint", "audit.read", None),
+    ("GET", "/v1/audit/proof/0", "audit.read", None),
+    ("GET", "/v1/privacy/ledger", "privacy.read", None),
+    ("GET", "/v1/privacy/alerts", "alerts.read", None),
+    ("POST", "/v1/custodian/unseal", "custodian.unseal", lambda: {"share": "wfshare1-0-1-00-00000000"}),
+]
+PUBLIC = {("GET", "/healthz"), ("GET", "/v1/context"), ("GET", "/v1/rounds/current"), ("GET", "/v1/models/latest"),
+          ("GET", "/v1/models/promoted"), ("GET", "/v1/models/{version}"), ("GET", "/v1/release-key"),
+          ("GET", "/v1/releases/current"), ("GET", "/v1/models/{version}/release"), ("GET", "/v1/custodian")}
+SIGNED = {("POST", "/v1/participants"), ("POST", "/v1/rounds/{round_id}/updates"),
+          ("POST", "/v1/rounds/{round_id}/refusals")}
+
+
+def test_permission_table_matches_the_hand_written_list() -> None:
+    assert {a: set(r) for a, r in rbac.PERMISSIONS.items()} == HAND_WRITTEN
+    assert not rbac.allowed("admin", "no.such.action")
+    # the ledgers are for auditors and compliance officers only, not even for admins
+    for action in ("audit.read", "privacy.read"):
+        assert HAND_WRITTEN[action] == {"auditor", "compliance_officer"}
+
+
+def test_every_route_is_classified(cloud) -> None:  # noqa: ANN001
+    routes = set()
+    for r in cloud.app.routes:
+        for m in getattr(r, "methods", ()) or ():
+            if m in ("GET", "POST", "PUT", "DELETE", "PATCH") and r.path.startswith(("/v1", "/healthz")):
+                routes.add((m, r.path))
+    walked = {(m, _template(p)) for m, p, _a, _b in ENDPOINTS}
+    assert routes == walked | PUBLIC | SIGNED, routes ^ (walked | PUBLIC | SIGNED)
+
+
+def _template(path: str) -> str:
+    return (path.replace("/99", "/{round_id}").replace("/gw-none/", "/{pid}/").replace("/proof/0", "/proof/{seq}"))
+
+
+@pytest.mark.parametrize("role", rbac.ROLES)
+def test_role_against_every_endpoint(cloud, role: str) -> None:  # noqa: ANN001
+    with httpx.Client(base_url=cloud.url, timeout=30) as http:
+        headers = create_user(http, f"user-{role.replace('_', '-')}", role)
+        for method, path, action, body in ENDPOINTS:
+            kwargs = {"json": body()} if body else {}
+            resp = http.request(method, path, headers=headers, **kwargs)
+            expected_allowed = role in HAND_WRITTEN[action]
+            assert expected_allowed == rbac.allowed(role, action)
+            if expected_allowed:
+                assert resp.status_code not in (401, 403), (role, method, path, resp.text)
+            else:
+                assert resp.status_code == 403, (role, method, path, resp.text)
+                assert action in resp.json()["detail"]
+            anonymous = http.request(method, path, **kwargs)
+            assert anonymous.status_code == 401, (method, path, anonymous.text)
+            wrong = http.request(method, path, headers={"Authorization": "Bearer wf_forged"}, **kwargs)
+            assert wrong.status_code == 401
+    entries = _audit(cloud)
+    forbidden = {(e["detail"]["action"]) for e in entries
+                 if e["kind"] == "access.denied" and e["detail"].get("role") == role}
+    assert forbidden == {a for _m, _p, a, _b in ENDPOINTS if role not in HAND_WRITTEN[a]}
+    assert any(e["kind"] == "access.denied" and e["actor"] == "anonymous" for e in entries)
+
+
+def _audit(cloud) -> list[dict]:  # noqa: ANN001
+    return cloud.federation.audit_entries(limit=100_000)
+
+
+def test_users_are_stored_hashed(cloud) -> None:  # noqa: ANN001
+    from sqlalchemy import select
+
+    from cloud.db import User
+
+    with httpx.Client(base_url=cloud.url, timeout=30) as http:
+        headers = create_user(http, "alice", "auditor")
+        token = headers["Authorization"].removeprefix("Bearer ")
+        assert http.get("/v1/whoami", headers=headers).json() == {"name": "alice", "role": "auditor"}
+        dup = http.post("/v1/users", json={"name": "alice", "role": "admin"},
+                        headers={"Authorization": "Bearer test-admin-token"})
+        assert dup.status_code == 409
+        bad_role = http.post("/v1/users", json={"name": "bob", "role": "root"},
+                             headers={"Authorization": "Bearer test-admin-token"})
+        assert bad_role.status_code == 422
+    with cloud.federation.sessions() as s:
+        stored = {u.name: u.token_sha256 for u in s.scalars(select(User))}
+    assert stored["alice"] == rbac.token_hash(token) and token not in stored.values()
