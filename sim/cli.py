@@ -9,17 +9,24 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="run a whole federation on loopback and print each round")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="directory for summary, db and logs")
-    demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--gateways", type=int, default=3)
-    demo.add_argument("--devices-per-gateway", type=int, default=10)
-    demo.add_argument("--hospitals", type=int, default=1)
-    demo.add_argument("--rounds", type=int, default=3)
-    demo.add_argument("--days", type=float, default=1.0, help="simulated days the devices stream")
-    demo.add_argument("--accel", type=float, default=3600.0, help="simulated seconds per wall second")
-    demo.add_argument("--ldp-mechanism", default="hybrid")
-    demo.add_argument("--ldp-epsilon", type=float, default=8.0, help="device epsilon per reading")
+    demo.add_argument("--seed", type=int, help="default: the demo scenario's (sim/scenarios/demo.toml)")
+    demo.add_argument("--gateways", type=int)
+    demo.add_argument("--devices-per-gateway", type=int)
+    demo.add_argument("--hospitals", type=int)
+    demo.add_argument("--rounds", type=int)
+    demo.add_argument("--days", type=float, help="simulated days the devices stream")
+    demo.add_argument("--accel", type=float, help="simulated seconds per wall second")
+    demo.add_argument("--source", choices=("uva-padova", "synthetic"), help="virtual patients")
+    demo.add_argument("--ldp-mechanism", choices=("none", "laplace", "duchi", "piecewise", "hybrid"))
+    demo.add_argument("--ldp-epsilon", type=float, help="device epsilon per reading")
     demo.add_argument("--broker", choices=("auto", "mosquitto", "amqtt"), default="auto")
     demo.set_defaults(func=_demo)
+
+    replay = sub.add_parser("replay", help="replay a scenario (shipped name or TOML path) with real processes")
+    replay.add_argument("scenario", help="demo, clinic-week, faults, or a path to a scenario TOML file")
+    replay.add_argument("--out", type=Path, required=True)
+    replay.add_argument("--broker", choices=("auto", "mosquitto", "amqtt"), default="auto")
+    replay.set_defaults(func=_replay)
 
     cohort = sub.add_parser("cohort", help="virtual-patient cohorts (UVA/Padova T1D model)")
     cohort_sub = cohort.add_subparsers(dest="cohort_cmd", required=True)
@@ -46,13 +53,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from sim.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(out=args.out, seed=args.seed, gateways=args.gateways,
-                     devices_per_gateway=args.devices_per_gateway, hospitals=args.hospitals, rounds=args.rounds,
-                     days=args.days, accel=args.accel, ldp_mechanism=args.ldp_mechanism,
-                     ldp_epsilon=None if args.ldp_mechanism == "none" else args.ldp_epsilon, broker=args.broker)
-    summary = run_demo(cfg)
-    ok = all(r["state"] == "completed" for r in summary["rounds"]) and summary["readings"]["lost"] == 0
-    return 0 if ok else 1
+    cfg = DemoConfig(out=args.out, seed=args.seed, gateways=args.gateways, devices_per_gateway=args.devices_per_gateway,
+                     hospitals=args.hospitals, rounds=args.rounds, days=args.days, accel=args.accel,
+                     ldp_mechanism=args.ldp_mechanism, ldp_epsilon=args.ldp_epsilon, source=args.source,
+                     broker=args.broker)
+    return _exit_code(run_demo(cfg))
+
+
+def _exit_code(summary: dict) -> int:
+    """0 when every round ended in a model and no reading was lost."""
+    rounds_ok = all(r.get("model_version") is not None for r in summary["rounds"])
+    return 0 if rounds_ok and summary["readings"]["lost"] == 0 else 1
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from sim.replay import run_replay
+    from sim.scenario import load_scenario
+
+    return _exit_code(run_replay(load_scenario(args.scenario), args.out, broker=args.broker))
 
 
 def _cohort_generate(args: argparse.Namespace) -> int:

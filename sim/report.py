@@ -37,7 +37,7 @@ class RoundPrinter:
 
     def round_table(self, row: dict) -> None:
         title = f"round {row['round']}: {row['state']}"
-        if row["state"] == "completed":
+        if row.get("model_version") is not None and "rmse30" in row:
             title += (f" — model v{row['model_version']}, RMSE@30 {row['rmse30']:.2f} mg/dL "
                       f"(persistence {row['persistence_rmse30']:.2f}), RMSE@60 {row['rmse60']:.2f} "
                       f"(persistence {row['persistence_rmse60']:.2f}), {row['bytes_up'] / 1e6:.2f} MB up, "

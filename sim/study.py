@@ -20,10 +20,8 @@ from federation import metrics, model
 from federation.clock import DEFAULT_SIM_START
 from federation.windows import make_windows
 from sim.baselines import linear_extrapolation, train_plain
-from sim.patients import PatientTrace, heldout_patients, training_patients
-from sim.scoring import score
-
-HORIZONS = (30, 60)
+from sim.evaluate import HORIZONS, HeldOut, heldout_set, score_forecast
+from sim.patients import PatientTrace, training_patients
 
 
 @dataclass(frozen=True)
@@ -57,14 +55,6 @@ class NodeData:
     y: np.ndarray
 
 
-def _windows(cgm: np.ndarray, bg: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    x, y = make_windows(cgm)
-    if bg is None:
-        return x, y, None
-    _, y_bg = make_windows(np.where(np.isnan(cgm), np.nan, bg))
-    return x, y, y_bg
-
-
 def _node(name: str, patients: list[PatientTrace], ldp: LDPSpec | None, seed: int) -> NodeData:
     xs, ys = [], []
     for p in patients:
@@ -72,7 +62,7 @@ def _node(name: str, patients: list[PatientTrace], ldp: LDPSpec | None, seed: in
         if ldp is not None:
             seen = ~np.isnan(cgm)
             cgm[seen] = privatize(cgm[seen], spec=ldp, rng=np.random.default_rng(stable_seed(seed, p.name)))
-        x, y, _ = _windows(cgm)
+        x, y = make_windows(cgm)
         xs.append(x)
         ys.append(y)
     return NodeData(name, np.concatenate(xs), np.concatenate(ys))
@@ -135,39 +125,9 @@ def federate(cfg: StudyConfig, nodes: list[NodeData], *, on_round: Callable[[int
     return weights
 
 
-@dataclass(frozen=True)
-class HeldOut:
-    x: np.ndarray
-    y_cgm: np.ndarray
-    y_bg: np.ndarray
-    groups: np.ndarray
-
-
 def heldout(cfg: StudyConfig) -> HeldOut:
-    pats = heldout_patients(cfg.source, cfg.heldout_patients, days=cfg.heldout_days, seed=cfg.seed,
-                            start=DEFAULT_SIM_START, sensor=cfg.sensor)
-    xs, ycs, ybs, gs = [], [], [], []
-    for p in pats:
-        x, y, y_bg = _windows(p.cgm, p.bg)
-        xs.append(x)
-        ycs.append(y)
-        ybs.append(y_bg)
-        gs.append(np.full(len(x), p.group))
-    return HeldOut(np.concatenate(xs), np.concatenate(ycs), np.concatenate(ybs), np.concatenate(gs))
-
-
-def evaluate(pred: np.ndarray, data: HeldOut) -> dict[str, float]:
-    """Scores at +30/+60 against CGM and true BG, overall and per age group (keys like `rmse30`, `bg_rmse30`,
-    `adult_rmse30`)."""
-    out: dict[str, float] = {}
-    for j, minutes in enumerate(HORIZONS):
-        for ref_name, ref in (("", data.y_cgm), ("bg_", data.y_bg)):
-            for k, v in score(pred[:, j], ref[:, j]).items():
-                out[f"{ref_name}{k}{minutes}"] = v
-        for group in np.unique(data.groups):
-            m = data.groups == group
-            out[f"{group}_rmse{minutes}"] = metrics.rmse(pred[m, j], data.y_cgm[m, j])
-    return out
+    return heldout_set(source=cfg.source, patients=cfg.heldout_patients, days=cfg.heldout_days, seed=cfg.seed,
+                       sensor=cfg.sensor)
 
 
 def run_study(cfg: StudyConfig, *, progress: Callable[[str], None] | None = None) -> dict:
@@ -183,17 +143,17 @@ def run_study(cfg: StudyConfig, *, progress: Callable[[str], None] | None = None
 
     final = federate(cfg, nodes, on_round=on_round)
     result = {"config": asdict(cfg), "windows": {n.name: len(n.x) for n in nodes}, "heldout_windows": len(test.x),
-              "rmse30_per_round": per_round, "federated": evaluate(model.predict(final, test.x), test),
-              "persistence": evaluate(metrics.persistence(test.x, len(HORIZONS)), test),
-              "linear": evaluate(linear_extrapolation(test.x), test)}
+              "rmse30_per_round": per_round, "federated": score_forecast(model.predict(final, test.x), test),
+              "persistence": score_forecast(metrics.persistence(test.x, len(HORIZONS)), test),
+              "linear": score_forecast(linear_extrapolation(test.x), test)}
     return result
 
 
 def centralised_upper_bound(cfg: StudyConfig) -> dict:
     """Non-private model on the pooled clean training data (same epochs in total as the federation)."""
     _, pooled = build_nodes(StudyConfig(**{**asdict(cfg), "ldp_epsilon": None}))
-    xs, ys = zip(*(_windows(p.cgm)[:2] for p in pooled), strict=True)
+    xs, ys = zip(*(make_windows(p.cgm) for p in pooled), strict=True)
     weights = train_plain(model.init_weights(seed=cfg.seed), np.concatenate(xs), np.concatenate(ys),
                           epochs=cfg.rounds * cfg.local_epochs, seed=cfg.seed, lr=cfg.lr, batch_size=cfg.batch_size)
     test = heldout(cfg)
-    return evaluate(model.predict(weights, test.x), test)
+    return score_forecast(model.predict(weights, test.x), test)

@@ -1,0 +1,409 @@
+"""`wearfed replay SCENARIO --out DIR`: a scenario's whole federation as real processes on loopback.
+
+Broker (Mosquitto, or embedded amqtt), cloud aggregator (uvicorn), one gateway daemon per gateway, one
+hospital daemon per hospital and one fleet process for every device, on one simulated clock. Gateways reach
+the broker and the cloud through relays the replay can cut (network partitions). Rounds open as simulated
+time passes; each new model is scored on held-out virtual patients; timed faults are injected; the run
+ends with `summary.json` and a self-contained `report.html`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from device.traces import write_traces
+from federation.clock import DEFAULT_SIM_START, SimClock
+from gateway.hospital import write_clinical_csv
+from sim.broker import RunningBroker, free_port, start_broker, wait_for_port
+from sim.evaluate import HeldOut, evaluate, heldout_set
+from sim.netproxy import TcpRelay
+from sim.patients import training_patients
+from sim.processes import ProcessGroup, read_json, wait_until
+from sim.report import RoundPrinter
+from sim.scenario import Fault, Scenario
+
+RUN_MARKER = ".wearfed-run"
+STAFF_ROLES = ("operator", "data_scientist", "compliance_officer")
+
+
+def prepare_run_dir(path: Path) -> Path:
+    """A fresh run directory; an earlier run's directory (it has the marker) is wiped, anything else refused."""
+    out = path.resolve()
+    if out.exists() and any(out.iterdir()):
+        if not (out / RUN_MARKER).exists():
+            raise FileExistsError(f"{out} is not empty and was not written by wearfed; refusing to overwrite it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_MARKER).write_text("written by wearfed; the next run in this directory replaces it\n")
+    return out
+
+
+def device_ids(s: Scenario) -> dict[str, list[str]]:
+    return {g.id: [f"{g.id}-dev{k:03d}" for k in range(1, g.devices + 1)] for g in s.gateways}
+
+
+def write_patient_data(s: Scenario, out: Path) -> tuple[Path, dict[str, Path]]:
+    """Device traces (one .npz for the fleet) and each hospital's clinical CSV, from the scenario's cohort.
+
+    Devices wear the first patients of the training cohort, hospitals the next ones; sensor drift faults are
+    applied to the targeted gateway's devices from their start hour.
+    """
+    ids = [d for devs in device_ids(s).values() for d in devs]
+    pats = training_patients(s.cohort.source, len(ids), days=s.scenario.days, seed=s.scenario.seed,
+                             start=DEFAULT_SIM_START, sensor=s.cohort.sensor)
+    offsets = pats[0].times - DEFAULT_SIM_START
+    cgm = np.vstack([p.cgm for p in pats]).astype(np.float64)
+    for f in s.faults:
+        if f.kind == "sensor_drift":
+            rows = [i for i, d in enumerate(ids) if f.target in (None, d, d.rsplit("-dev", 1)[0])]
+            days_in = np.clip((offsets - f.at_hours * 3600) / 86400, 0, None)
+            cgm[rows] = np.clip(cgm[rows] + (f.drift_mgdl_per_day or 10.0) * days_in, 40, 400)
+    traces = out / "device-traces.npz"
+    write_traces(traces, ids, offsets, cgm)
+    csvs, offset = {}, len(ids)
+    for h in s.hospitals:
+        start = DEFAULT_SIM_START - int(h.days * 86400)  # historical clinical data, before the replay starts
+        hp = training_patients(s.cohort.source, h.patients, days=h.days, seed=s.scenario.seed, start=start,
+                               sensor=s.cohort.sensor, offset=offset)
+        offset += h.patients
+        (out / h.id).mkdir(exist_ok=True)
+        csvs[h.id] = out / h.id / "clinical.csv"
+        write_clinical_csv(csvs[h.id], {p.name: (p.times[~np.isnan(p.cgm)], p.cgm[~np.isnan(p.cgm)]) for p in hp})
+    return traces, csvs
+
+
+@dataclass
+class Replay:
+    s: Scenario
+    out: Path
+    broker_pref: str = "auto"
+    printer: RoundPrinter = field(default_factory=RoundPrinter)
+    group: ProcessGroup | None = None
+    broker: RunningBroker | None = None
+    relays: dict[str, dict[str, TcpRelay]] = field(default_factory=dict)
+    staff: dict[str, httpx.Client] = field(default_factory=dict)
+    fault_log: list[dict] = field(default_factory=list)
+    fleet_timeline: list[dict] = field(default_factory=list)
+    clock: SimClock | None = None
+
+    # -- start-up ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        s, out = self.s, self.out
+        self.group = ProcessGroup(out / "logs")
+        self.broker = start_broker(out / "broker", prefer=self.broker_pref)
+        self.printer.note(f"broker: {self.broker.kind} on 127.0.0.1:{self.broker.port}")
+        self.traces, csvs = write_patient_data(s, out)
+        self.printer.note(f"cohort: {s.cohort.source} ({s.cohort.sensor}), {sum(g.devices for g in s.gateways)} "
+                          f"device wearers, {sum(h.patients for h in s.hospitals)} hospital patients")
+        admin_token = secrets.token_urlsafe(24)
+        self.cloud_port = free_port()
+        self.cloud_url = f"http://127.0.0.1:{self.cloud_port}"
+        self.cloud_args = ["cloud", "serve", "--port", str(self.cloud_port), "--db",
+                           f"sqlite:///{out / 'cloud.db'}", "--state-dir", str(out / "cloud"),
+                           "--dev-insecure-custodian", "--epsilon-cap", str(s.privacy.participant_epsilon_cap),
+                           "--log-level", "warning"]
+        self.cloud_env = {"WEARFED_ADMIN_TOKEN": admin_token}
+        self.group.start("cloud", self.cloud_args, env=self.cloud_env)
+        wait_for_port("127.0.0.1", self.cloud_port, timeout=60)
+        health = httpx.get(f"{self.cloud_url}/healthz").json()
+        self.printer.warn(f"cloud: {self.cloud_url} — custodian {health['custodian']}: {health['warning']}")
+        self.staff = self._bootstrap_staff(admin_token)
+        p = s.privacy
+        node_flags = ["--epsilon-cap", str(p.participant_epsilon_cap), "--delta", str(p.dp_delta),
+                      "--accountant", p.dp_accountant, "--seed", str(s.scenario.seed), "--log-level", "warning"]
+        if p.dp_noise_multiplier is not None:
+            node_flags += ["--noise-multiplier", str(p.dp_noise_multiplier)]
+        devices = device_ids(s)
+        for g in s.gateways:
+            relays = {"broker": TcpRelay("127.0.0.1", self.broker.port),
+                      "cloud": TcpRelay("127.0.0.1", self.cloud_port)}
+            self.relays[g.id] = relays
+            (out / g.id).mkdir(exist_ok=True)
+            (out / g.id / "devices.txt").write_text("\n".join(devices[g.id]) + "\n")
+            self.group.start(g.id, ["gateway", "run", "--id", g.id, "--state-dir", str(out / g.id),
+                                    "--broker-port", str(relays["broker"].port),
+                                    "--cloud-url", f"http://127.0.0.1:{relays['cloud'].port}", *node_flags],
+                             env=self._enroll_env(g.id))
+        for h in s.hospitals:
+            self.group.start(h.id, ["hospital", "run", "--id", h.id, "--state-dir", str(out / h.id), "--data",
+                                    str(csvs[h.id]), "--cloud-url", self.cloud_url, *node_flags],
+                             env=self._enroll_env(h.id))
+        wait_until(self._all_enrolled, timeout=180, what="every participant to enroll")
+        self.printer.note(f"enrolled: {', '.join(s.participants)}")
+        self.clock = SimClock(sim_start=DEFAULT_SIM_START, wall_start=time.time() + 2.0, accel=s.scenario.accel)
+        ldp = ["--ldp-mechanism", p.ldp_mechanism]
+        if p.ldp_epsilon is not None:
+            ldp += ["--ldp-epsilon", str(p.ldp_epsilon)]
+        if p.ldp_daily_cap is not None:
+            ldp += ["--daily-cap", str(p.ldp_daily_cap)]
+        for g in s.gateways:  # one fleet process per gateway: its devices, its broker address
+            self.group.start(f"fleet-{g.id}", [
+                "fleet", "run", "--gateways", g.id, "--devices-per-gateway", str(g.devices),
+                "--broker-port", str(self.broker.port), "--seed", str(s.scenario.seed),
+                "--days", str(s.scenario.days), "--accel", str(s.scenario.accel),
+                "--sim-start", str(self.clock.sim_start), "--wall-start", str(self.clock.wall_start),
+                "--traces", str(self.traces), "--state-dir", str(out / f"fleet-{g.id}"),
+                "--status-file", str(out / f"fleet-{g.id}.json"), *(["--profile", g.profile] if g.profile else []),
+                *ldp], finite=True)
+
+    def _enroll_env(self, pid: str) -> dict[str, str]:
+        resp = self.staff["admin"].post("/v1/enrollment-tokens", json={"participant_id": pid})
+        resp.raise_for_status()
+        return {"WEARFED_ENROLL_TOKEN": resp.json()["token"]}
+
+    def _bootstrap_staff(self, admin_token: str) -> dict[str, httpx.Client]:
+        """One user per role the replay acts in (separate users: segregation of duties)."""
+        def client(token: str) -> httpx.Client:
+            return httpx.Client(base_url=self.cloud_url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+        staff = {"admin": client(admin_token)}
+        for role in STAFF_ROLES:
+            resp = staff["admin"].post("/v1/users", json={"name": f"replay-{role.replace('_', '-')}", "role": role})
+            resp.raise_for_status()
+            staff[role] = client(resp.json()["token"])
+        return staff
+
+    def _all_enrolled(self) -> bool:
+        self.group.check_alive()
+        return len(self._get("/v1/participants")) == len(self.s.participants)
+
+    def _get(self, path: str) -> dict | list:
+        """GET as admin, riding out a cloud restart (a cloud_crash fault)."""
+        for _ in range(600):
+            with contextlib.suppress(httpx.TransportError):
+                resp = self.staff["admin"].get(path)
+                if resp.status_code < 500:
+                    resp.raise_for_status()
+                    return resp.json()
+            time.sleep(0.2)
+        raise TimeoutError(f"the cloud did not answer GET {path}")
+
+    def _post(self, role: str, path: str, body: dict | None = None) -> httpx.Response:
+        for _ in range(600):
+            with contextlib.suppress(httpx.TransportError):
+                resp = self.staff[role].post(path, json=body)
+                if resp.status_code < 500:
+                    return resp
+            time.sleep(0.2)
+        raise TimeoutError(f"the cloud did not answer POST {path}")
+
+    # -- the simulated timeline ------------------------------------------------------------------------
+    def published(self) -> int:
+        return sum(read_json(self.out / f"fleet-{g.id}.json").get("published", 0) for g in self.s.gateways)
+
+    def tick(self, progress) -> None:  # noqa: ANN001
+        """Keep processes honest, record fleet health, fire due fault edges, refresh progress."""
+        self.group.check_alive()
+        now = self.clock.now()
+        self._faults(now)
+        if not self.fleet_timeline or time.time() - self.fleet_timeline[-1]["wall"] > 1.0:
+            docs = [read_json(self.out / f"fleet-{g.id}.json") for g in self.s.gateways]
+            self.fleet_timeline.append({
+                "wall": time.time(), "t": round((now - DEFAULT_SIM_START) / 3600, 3),
+                **{k: sum(d.get(k) or 0 for d in docs) for k in ("published", "buffered", "dropped", "reconnects")},
+                "connected": sum((d.get("devices") or 0) - (d.get("done") or 0) for d in docs),
+                "battery": min((d["battery_min"] for d in docs if d.get("battery_min") is not None), default=None)})
+        progress(self.published(), now)
+
+    def _faults(self, now: float) -> None:
+        hours = (now - DEFAULT_SIM_START) / 3600
+        for i, f in enumerate(self.s.faults):
+            started = any(e["index"] == i and e["edge"] == "start" for e in self.fault_log)
+            ended = any(e["index"] == i and e["edge"] == "end" for e in self.fault_log)
+            if not started and hours >= f.at_hours:
+                self._fault_edge(i, f, "start", hours)
+            elif started and not ended and hours >= f.at_hours + f.duration_minutes / 60:
+                self._fault_edge(i, f, "end", hours)
+
+    def _fault_edge(self, i: int, f: Fault, edge: str, hours: float) -> None:
+        detail = FAULT_ACTIONS[f.kind](self, f, edge)
+        self.fault_log.append({"index": i, "edge": edge, "t": round(hours, 3), "kind": f.kind,
+                               "target": f.target, "detail": detail})
+        self.printer.warn(f"fault {f.kind} {edge} at simulated hour {hours:.2f}: {detail}")
+
+    # -- rounds --------------------------------------------------------------------------------------
+    def run_round(self, k: int, cutoff: float, heldout: HeldOut, progress) -> dict:  # noqa: ANN001
+        t0 = time.time()
+        r = self.s.rounds
+        resp = self._post("operator", "/v1/rounds", {"quorum": r.quorum, "deadline_s": r.deadline_s,
+                                                     "data_cutoff": cutoff, "local_epochs": r.local_epochs})
+        resp.raise_for_status()
+        round_id = resp.json()["round"]
+
+        def closed() -> bool:
+            self.tick(progress)
+            return self._get(f"/v1/rounds/{round_id}")["state"] not in ("open", "collecting", "aggregating",
+                                                                         "decrypting")
+
+        wait_until(closed, timeout=r.deadline_s + 120, what=f"round {round_id} to close")
+        report = self._get(f"/v1/rounds/{round_id}")
+        row = {"round": round_id, "state": report["state"],
+               "participants": [u["participant"] for u in report["updates"]], "refusals": report["refusals"],
+               "model_version": report["result_model_version"], "failure_reason": report["failure_reason"]}
+        if report["result_model_version"] is not None:
+            m = self._get(f"/v1/models/{report['result_model_version']}")
+            weights = np.frombuffer(base64.b64decode(m["weights"]), dtype=np.float32)
+            scores = evaluate(weights, heldout)
+            row.update({key: round(v, 4) for key, v in scores.items()})
+            row["model_hash"] = m["hash"]
+            # metrics posted by a data scientist, approved by compliance, promoted by the admin (the operator
+            # opened the round and may not promote it)
+            self._post("data_scientist", f"/v1/rounds/{round_id}/metrics",
+                       {"metrics": {key: float(v) for key, v in scores.items() if np.isfinite(v)}}).raise_for_status()
+            if self._post("compliance_officer", f"/v1/rounds/{round_id}/approve").status_code == 200:
+                self._post("admin", f"/v1/rounds/{round_id}/promote").raise_for_status()
+            row["model_status"] = self._get(f"/v1/models/{report['result_model_version']}")["status"]
+            row["state"] = self._get(f"/v1/rounds/{round_id}")["state"]
+        row["epsilon"] = {u["participant"]: {"value": round(u["dp"]["epsilon_cumulative"], 4),
+                                             "round_value": round(u["dp"]["epsilon_round"], 4),
+                                             "delta": u["dp"]["delta"], "unit": u["dp"]["unit"],
+                                             "accountant": u["dp"]["accountant"]} for u in report["updates"]}
+        row["windows"] = {u["participant"]: u["n_samples"] for u in report["updates"]}
+        row["bytes_up"] = sum(u["bytes"] for u in report["updates"])
+        row["seconds"] = round(time.time() - t0, 2)
+        return row
+
+    # -- the end -------------------------------------------------------------------------------------
+    def drain(self) -> dict:
+        """Wait for every fleet to finish and every acknowledged reading to land in a gateway's store."""
+        for g in self.s.gateways:
+            fleet = self.group.procs[f"fleet-{g.id}"]
+            while fleet.poll() is None:
+                self.tick(lambda *_: None)
+                time.sleep(0.2)
+        published = self.published()
+
+        def ingested() -> int:
+            return sum(read_json(self.out / g.id / "status.json").get("ingested", 0) for g in self.s.gateways)
+
+        with contextlib.suppress(TimeoutError):  # what never arrives is counted as lost below
+            wait_until(lambda: ingested() >= published, timeout=60, what="gateways to ingest every reading")
+        time.sleep(1.2)  # one more status tick
+        stats = [read_json(self.out / g.id / "status.json") for g in self.s.gateways]
+        total = sum(st.get("ingested", 0) for st in stats)
+        return {"published": published, "ingested": total, "duplicates": sum(st.get("duplicates", 0) for st in stats),
+                "rejected": sum(st.get("rejected", 0) for st in stats), "lost": max(0, published - total),
+                "fleet_exit_codes": {g.id: self.group.procs[f"fleet-{g.id}"].returncode for g in self.s.gateways}}
+
+    def stop(self) -> None:
+        if self.group:
+            self.group.stop_all()
+        for relays in self.relays.values():
+            for relay in relays.values():
+                relay.close()
+        if self.broker:
+            self.broker.stop()
+
+
+# -- faults ------------------------------------------------------------------------------------------------
+def _broker_outage(r: Replay, f: Fault, edge: str) -> str:
+    if r.broker.kind != "mosquitto":
+        raise RuntimeError("broker_outage needs the mosquitto broker (restartable on the same port)")
+    if edge == "start":
+        r.broker.stop()
+        return f"broker stopped for {f.duration_minutes} simulated minutes"
+    r.broker = start_broker_on(r.broker.port, r.out / "broker")
+    return "broker restarted on the same port with its persisted sessions"
+
+
+def start_broker_on(port: int, workdir: Path) -> RunningBroker:
+    from sim.broker import start_mosquitto
+
+    return start_mosquitto(port, workdir)
+
+
+def _restart(name: str, r: Replay, edge: str, *, args: list[str] | None = None,
+             env: dict[str, str] | None = None) -> str:
+    proc = r.group.procs[name]
+    if edge == "start":
+        proc.kill()  # SIGKILL: no chance to checkpoint
+        proc.wait()
+        return f"{name} killed (SIGKILL)"
+    r.group.start(name, args if args is not None else proc.args[3:], env=env)
+    return f"{name} restarted"
+
+
+def _gateway_crash(r: Replay, f: Fault, edge: str) -> str:
+    return _restart(f.target, r, edge)
+
+
+def _cloud_crash(r: Replay, f: Fault, edge: str) -> str:
+    detail = _restart("cloud", r, edge, args=r.cloud_args, env=r.cloud_env)
+    if edge == "end":
+        wait_for_port("127.0.0.1", r.cloud_port, timeout=60)
+    return detail
+
+
+def _partition(r: Replay, f: Fault, edge: str) -> str:
+    for relay in r.relays[f.target].values():
+        relay.cut() if edge == "start" else relay.restore()
+    return f"{f.target} {'cut off from' if edge == 'start' else 'reconnected to'} the broker and the cloud"
+
+
+def _battery_death(r: Replay, f: Fault, edge: str) -> str:
+    return "modelled by the firmware profile's battery (devices stop with a 'battery-depleted' status)" \
+        if edge == "start" else "-"
+
+
+def _sensor_drift(r: Replay, f: Fault, edge: str) -> str:
+    return f"drift of {f.drift_mgdl_per_day or 10.0} mg/dL/day baked into the traces of {f.target or 'every device'}" \
+        if edge == "start" else "drift continues (sensors are not recalibrated)"
+
+
+FAULT_ACTIONS = {"broker_outage": _broker_outage, "gateway_crash": _gateway_crash, "cloud_crash": _cloud_crash,
+                 "partition": _partition, "battery_death": _battery_death, "sensor_drift": _sensor_drift}
+
+
+def run_replay(s: Scenario, out: Path, *, broker: str = "auto") -> dict:
+    t_start = time.time()
+    out = prepare_run_dir(out)
+    (out / "scenario.json").write_text(s.model_dump_json(indent=2))
+    replay = Replay(s, out, broker_pref=broker)
+    heldout = heldout_set(source=s.cohort.source, patients=s.cohort.heldout_patients, days=s.cohort.heldout_days,
+                          seed=s.scenario.seed, sensor=s.cohort.sensor)
+    span = s.scenario.days * 86400
+    cutoffs = [DEFAULT_SIM_START + span * k / s.rounds.count for k in range(1, s.rounds.count + 1)]
+    rounds: list[dict] = []
+    initial: dict = {}
+    try:
+        replay.start()
+        v0 = replay._get("/v1/models/0")
+        initial = evaluate(np.frombuffer(base64.b64decode(v0["weights"]), dtype=np.float32), heldout)
+        total = int(sum(g.devices for g in s.gateways) * span / 300)
+        with replay.printer.streaming(total) as progress:
+            for k, cutoff in enumerate(cutoffs, start=1):
+                while replay.clock.now() < cutoff + 600:  # ten simulated minutes of slack for in-flight readings
+                    replay.tick(progress)
+                    time.sleep(0.2)
+                rounds.append(replay.run_round(k, cutoff, heldout, progress))
+                replay.printer.round_table(rounds[-1])
+            readings = replay.drain()
+        replay.printer.readings(readings)
+    finally:
+        replay.stop()
+    summary = {"scenario": s.scenario.name, "rounds": rounds, "readings": readings,
+               "broker": replay.broker.kind if replay.broker else None, "custodian": "insecure-dev-unsealed",
+               "cohort": {"source": s.cohort.source, "sensor": s.cohort.sensor},
+               "heldout": {"patients": heldout.patients, "windows": len(heldout.x)},
+               "initial_model": {k: round(v, 4) for k, v in initial.items() if k.startswith(("rmse", "bg_rmse"))},
+               "faults": [{"t": e["t"], "kind": e["kind"], "target": e["target"],
+                           "detail": f"{e['edge']}: {e['detail']}"} for e in replay.fault_log],
+               "fleet_timeline": [{k: v for k, v in p.items() if k != "wall"} for p in replay.fleet_timeline],
+               "wall_seconds": round(time.time() - t_start, 1)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    from sim.html_report import write_report
+
+    write_report(summary, out)
+    replay.printer.note(f"summary: {out / 'summary.json'}  report: {out / 'report.html'}  "
+                        f"cloud database: {out / 'cloud.db'}  wall time {summary['wall_seconds']} s")
+    return summary
