@@ -305,8 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     nofile = raise_nofile()
     work = Path(tempfile.mkdtemp(prefix="wearfed-bench-fleet-"))
     port = free_port()
-    stay = "user root\n" if os.geteuid() == 0 else ""  # keep root's raised open-file limit and tmp access
-    broker = start_mosquitto(port, work / "mq", extra=stay + "max_connections -1\nmax_inflight_messages 1000\n"
+    broker = start_mosquitto(port, work / "mq", extra="max_connections -1\nmax_inflight_messages 1000\n"
                                                             "sys_interval 1\npersistence false\n")
     print(f"broker: mosquitto on 127.0.0.1:{port}, open-file limit {nofile}, work dir {work}", flush=True)
     rx = Receiver(port)

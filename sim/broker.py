@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import subprocess
@@ -37,8 +38,11 @@ def find_mosquitto() -> str | None:
 def mosquitto_config(port: int, workdir: Path, *, extra: str = "") -> Path:
     """A config for a loopback test/demo broker; queues sized for persistent device sessions."""
     conf = workdir / "mosquitto.conf"
+    # Started as root, Mosquitto drops to the `mosquitto` user, which cannot write persistence or its log in a
+    # root-owned 0700 directory (pytest's tmp dirs): its sessions would then silently not survive a restart.
+    run_as = "user root\n" if os.geteuid() == 0 else ""
     conf.write_text(
-        f"listener {port} 127.0.0.1\n"
+        run_as + f"listener {port} 127.0.0.1\n"
         "allow_anonymous true\n"
         f"persistence true\npersistence_location {workdir}/\n"
         "max_queued_messages 100000\n"

@@ -17,6 +17,8 @@ class ProcessGroup:
     log_dir: Path
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     finite: set[str] = field(default_factory=set)  # processes that end by themselves (fleets)
+    down: set[str] = field(default_factory=set)  # killed on purpose (a fault), until restarted
+    envs: dict[str, dict[str, str]] = field(default_factory=dict)  # extra environment of each, for restarts
 
     def start(self, name: str, args: list[str], *, env: dict[str, str] | None = None,
               finite: bool = False) -> subprocess.Popen:
@@ -25,6 +27,8 @@ class ProcessGroup:
         proc = subprocess.Popen([sys.executable, "-m", "federation.cli", *args], stdout=log, stderr=log,
                                 env={**os.environ, **(env or {})}, start_new_session=True)
         self.procs[name] = proc
+        self.envs[name] = dict(env or {})
+        self.down.discard(name)
         if finite:
             self.finite.add(name)
         return proc
@@ -32,10 +36,18 @@ class ProcessGroup:
     def check_alive(self, *names: str) -> None:
         """Raise if a daemon has exited, or if any process has exited with an error."""
         for name in names or tuple(self.procs):
+            if name in self.down:
+                continue
             code = self.procs[name].poll()
             if code is not None and (code != 0 or name not in self.finite):
                 tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"{name} exited with code {code}; last log lines:\n{tail}")
+
+    def kill(self, name: str) -> None:
+        """SIGKILL, as a crash: no chance to checkpoint. The process counts as down until started again."""
+        self.down.add(name)
+        self.procs[name].kill()
+        self.procs[name].wait()
 
     def stop(self, name: str, *, timeout: float = 15.0) -> int | None:
         proc = self.procs[name]

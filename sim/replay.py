@@ -146,15 +146,24 @@ class Replay:
             ldp += ["--ldp-epsilon", str(p.ldp_epsilon)]
         if p.ldp_daily_cap is not None:
             ldp += ["--daily-cap", str(p.ldp_daily_cap)]
-        for g in s.gateways:  # one fleet process per gateway: its devices, its broker address
-            self.group.start(f"fleet-{g.id}", [
-                "fleet", "run", "--gateways", g.id, "--devices-per-gateway", str(g.devices),
-                "--broker-port", str(self.broker.port), "--seed", str(s.scenario.seed),
-                "--days", str(s.scenario.days), "--accel", str(s.scenario.accel),
-                "--sim-start", str(self.clock.sim_start), "--wall-start", str(self.clock.wall_start),
-                "--traces", str(self.traces), "--state-dir", str(out / f"fleet-{g.id}"),
-                "--status-file", str(out / f"fleet-{g.id}.json"), *(["--profile", g.profile] if g.profile else []),
-                *ldp], finite=True)
+        dying = {f.target for f in s.faults if f.kind == "battery_death"}
+        for g in s.gateways:  # one fleet process per gateway; a device whose battery will die runs on its own
+            common = ["--broker-port", str(self.broker.port), "--seed", str(s.scenario.seed),
+                      "--days", str(s.scenario.days), "--accel", str(s.scenario.accel),
+                      "--sim-start", str(self.clock.sim_start), "--wall-start", str(self.clock.wall_start),
+                      "--traces", str(self.traces), *(["--profile", g.profile] if g.profile else []), *ldp]
+            in_fleet = g.devices - (g.id in dying)
+            if in_fleet:
+                self.group.start(f"fleet-{g.id}", [
+                    "fleet", "run", "--gateways", g.id, "--devices-per-gateway", str(in_fleet), *common,
+                    "--state-dir", str(out / f"fleet-{g.id}"), "--status-file", str(out / f"fleet-{g.id}.json")],
+                    finite=True)
+            if g.id in dying:
+                dev = devices[g.id][-1]
+                self.group.start(f"device-{dev}", [
+                    "device", "run", "--device-id", dev, "--gateway", g.id, *common,
+                    "--state-dir", str(out / f"device-{dev}"), "--status-file", str(out / f"fleet-{dev}.json")],
+                    finite=True)
 
     def _enroll_env(self, pid: str) -> dict[str, str]:
         resp = self.staff["admin"].post("/v1/enrollment-tokens", json={"participant_id": pid})
@@ -198,8 +207,11 @@ class Replay:
         raise TimeoutError(f"the cloud did not answer POST {path}")
 
     # -- the simulated timeline ------------------------------------------------------------------------
+    def device_processes(self) -> list[str]:
+        return [n for n in self.group.procs if n.startswith(("fleet-", "device-"))]
+
     def published(self) -> int:
-        return sum(read_json(self.out / f"fleet-{g.id}.json").get("published", 0) for g in self.s.gateways)
+        return sum(read_json(p).get("published", 0) for p in self.out.glob("fleet-*.json"))
 
     def tick(self, progress) -> None:  # noqa: ANN001
         """Keep processes honest, record fleet health, fire due fault edges, refresh progress."""
@@ -207,7 +219,7 @@ class Replay:
         now = self.clock.now()
         self._faults(now)
         if not self.fleet_timeline or time.time() - self.fleet_timeline[-1]["wall"] > 1.0:
-            docs = [read_json(self.out / f"fleet-{g.id}.json") for g in self.s.gateways]
+            docs = [read_json(p) for p in self.out.glob("fleet-*.json")]
             self.fleet_timeline.append({
                 "wall": time.time(), "t": round((now - DEFAULT_SIM_START) / 3600, 3),
                 **{k: sum(d.get(k) or 0 for d in docs) for k in ("published", "buffered", "dropped", "reconnects")},
@@ -276,9 +288,8 @@ class Replay:
     # -- the end -------------------------------------------------------------------------------------
     def drain(self) -> dict:
         """Wait for every fleet to finish and every acknowledged reading to land in a gateway's store."""
-        for g in self.s.gateways:
-            fleet = self.group.procs[f"fleet-{g.id}"]
-            while fleet.poll() is None:
+        for name in self.device_processes():
+            while name not in self.group.down and self.group.procs[name].poll() is None:
                 self.tick(lambda *_: None)
                 time.sleep(0.2)
         published = self.published()
@@ -293,7 +304,7 @@ class Replay:
         total = sum(st.get("ingested", 0) for st in stats)
         return {"published": published, "ingested": total, "duplicates": sum(st.get("duplicates", 0) for st in stats),
                 "rejected": sum(st.get("rejected", 0) for st in stats), "lost": max(0, published - total),
-                "fleet_exit_codes": {g.id: self.group.procs[f"fleet-{g.id}"].returncode for g in self.s.gateways}}
+                "device_exit_codes": {n: self.group.procs[n].returncode for n in self.device_processes()}}
 
     def stop(self) -> None:
         if self.group:
@@ -326,10 +337,9 @@ def _restart(name: str, r: Replay, edge: str, *, args: list[str] | None = None,
              env: dict[str, str] | None = None) -> str:
     proc = r.group.procs[name]
     if edge == "start":
-        proc.kill()  # SIGKILL: no chance to checkpoint
-        proc.wait()
+        r.group.kill(name)
         return f"{name} killed (SIGKILL)"
-    r.group.start(name, args if args is not None else proc.args[3:], env=env)
+    r.group.start(name, args if args is not None else proc.args[3:], env=env or r.group.envs.get(name))
     return f"{name} restarted"
 
 
@@ -351,8 +361,12 @@ def _partition(r: Replay, f: Fault, edge: str) -> str:
 
 
 def _battery_death(r: Replay, f: Fault, edge: str) -> str:
-    return "modelled by the firmware profile's battery (devices stop with a 'battery-depleted' status)" \
-        if edge == "start" else "-"
+    """The gateway's last device loses power for good: its process dies and is never restarted."""
+    name = next(n for n in r.group.procs if n.startswith(f"device-{f.target}-dev"))
+    if edge == "start":
+        r.group.kill(name)
+        return f"{name.removeprefix('device-')} lost power (readings still on it are never sent)"
+    return f"{name.removeprefix('device-')} stays dead"
 
 
 def _sensor_drift(r: Replay, f: Fault, edge: str) -> str:

@@ -99,10 +99,11 @@ class Scenario(Section):
             raise ValueError(f"participant ids must be unique, repeated: {dupes}")
         if self.rounds.quorum > len(ids):
             raise ValueError(f"rounds.quorum {self.rounds.quorum} exceeds the {len(ids)} participants")
+        gateway_ids = [g.id for g in self.gateways]
         for i, f in enumerate(self.faults):
             if f.at_hours > self.scenario.days * 24:
                 raise ValueError(f"faults[{i}].at_hours {f.at_hours} is after the scenario ends")
-            if f.kind in ("gateway_crash", "partition") and f.target not in [g.id for g in self.gateways]:
+            if f.kind in ("gateway_crash", "partition", "battery_death") and f.target not in gateway_ids:
                 raise ValueError(f"faults[{i}].target must name a gateway for {f.kind}, got {f.target!r}")
         return self
 

@@ -22,7 +22,6 @@ from sim.broker import find_mosquitto, free_port, start_mosquitto
 
 # Started as root, Mosquitto drops to the "mosquitto" user, which cannot write its persistence file under
 # pytest's 0700 tmp dir; without it, messages queued for the gateway would not survive the broker restart.
-STAY = "user root\n" if os.geteuid() == 0 else ""
 
 
 def _device_cmd(dev: str, *, port: int, days: float, clock: SimClock, state: Path) -> list[str]:
@@ -40,7 +39,7 @@ def _scenario(tmp_path: Path, *, devices: int, days: float, accel: float, kills:
     if find_mosquitto() is None:
         pytest.fail("mosquitto is not installed")
     port = free_port()
-    broker = start_mosquitto(port, tmp_path / "mq", extra=STAY)
+    broker = start_mosquitto(port, tmp_path / "mq")
     store = ReadingStore(tmp_path / "gw" / "readings.sqlite")
     clock = SimClock(sim_start=DEFAULT_SIM_START, wall_start=time.time() + 3.0, accel=accel)
     span = days * 86400
@@ -73,7 +72,7 @@ def _scenario(tmp_path: Path, *, devices: int, days: float, accel: float, kills:
             else:
                 broker.stop()
                 await asyncio.sleep(max(0.0, 1800 / accel))  # 30 simulated minutes without a broker
-                broker = start_mosquitto(port, tmp_path / "mq", extra=STAY)
+                broker = start_mosquitto(port, tmp_path / "mq")
         deadline = time.time() + span / accel + 90
         for d in names:
             while procs[d].poll() is None and time.time() < deadline:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 import subprocess
 from pathlib import Path
@@ -39,8 +38,7 @@ def secured(tmp_path: Path):  # noqa: ANN201
     assert main(["provision", "--out", str(out), "--gateways", "gw-1,gw-2", "--devices-per-gateway", "2",
                  "--tls-port", str(tls_port), "--client-certs"]) == 0
     # Started as root, Mosquitto drops to the "mosquitto" user and could not read the 0600 files: keep root.
-    stay = "user root\n" if os.geteuid() == 0 else ""
-    broker = start_mosquitto(free_port(), tmp_path / "mq", extra=stay + (out / "mosquitto-auth.conf").read_text())
+    broker = start_mosquitto(free_port(), tmp_path / "mq", extra=(out / "mosquitto-auth.conf").read_text())
     wait_for_port("127.0.0.1", tls_port)
     yield broker, out, tls_port
     broker.stop()
