@@ -32,9 +32,12 @@ def _cell(v: object) -> str:
 def run_sweep(base: StudyConfig, out: Path, *, ldp_grid: Sequence[float | None] = LDP_GRID,
               dp_grid: Sequence[float | None] = DP_GRID, progress: Callable[[str], None] | None = None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows = _finished(out)  # an interrupted sweep resumes where it stopped
+    done = {(r["ldp_epsilon"], r["dp_epsilon"]) for r in rows}
     for ldp in ldp_grid:
         for dp in dp_grid:
+            if (ldp, dp) in done:
+                continue
             cfg = replace(base, ldp_epsilon=ldp, dp_epsilon=dp)
             if progress:
                 progress(f"ldp_epsilon={_cell(ldp)} dp_epsilon={_cell(dp)}")
@@ -46,6 +49,13 @@ def run_sweep(base: StudyConfig, out: Path, *, ldp_grid: Sequence[float | None] 
     upper = centralised_upper_bound(base)
     _write(out, rows, base, upper=upper)
     return rows
+
+
+def _finished(out: Path) -> list[dict]:
+    try:
+        return json.loads((out / "sweep.json").read_text())["rows"]
+    except (FileNotFoundError, ValueError, KeyError):
+        return []
 
 
 def _write(out: Path, rows: list[dict], base: StudyConfig, *, upper: dict | None = None) -> None:
@@ -71,4 +81,4 @@ def _write(out: Path, rows: list[dict], base: StudyConfig, *, upper: dict | None
         lines.append(f"| {name} | {_cell(m.get('rmse30'))} | {_cell(m.get('mard30'))} | "
                      f"{_cell(m.get('clarke_ab30'))} | {_cell(m.get('rmse60'))} |")
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
-    (out / "sweep.json").write_text(json.dumps({"rows": rows, "centralised": upper}, indent=1, default=str))
+    (out / "sweep.json").write_text(json.dumps({"rows": rows, "centralised": upper}, indent=1))

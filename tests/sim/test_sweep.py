@@ -34,3 +34,10 @@ def test_reduced_sweep_writes_the_table(tmp_path: Path) -> None:
 def test_linear_extrapolation_follows_a_line() -> None:
     hist = np.tile(np.arange(24, dtype=float) * 2 + 100, (3, 1))  # +2 mg/dL per 5 min
     np.testing.assert_allclose(linear_extrapolation(hist), [[146 + 12, 146 + 24]] * 3)
+
+
+def test_a_diverged_model_scores_nan_instead_of_crashing() -> None:
+    from sim.scoring import score
+
+    got = score(np.array([np.nan, 100.0]), np.array([100.0, 100.0]))
+    assert np.isnan(got["rmse"]) and np.isnan(got["clarke_ab"])
