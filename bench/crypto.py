@@ -125,7 +125,7 @@ def main() -> None:
             t = time.perf_counter()
             res = train_dp(base, x, y, cfg=cfg, epochs=2, seed=rep + 1)
             train_s = time.perf_counter() - t
-            update = (res.weights.astype(np.float64) - base) * res.n_samples
+            update = ckks.weighted_update(res.weights.astype(np.float64) - base, res.n_samples)
             t = time.perf_counter()
             submit(http, key, update.astype(np.float32).tobytes(), res.n_samples)
             plain_rounds.append(train_s + time.perf_counter() - t)

@@ -599,7 +599,7 @@ class Federation:
                                            "accountant": sp.accountant, "cap": sp.cap}
         weighted_delta = self.custodian.decrypt_aggregate(aggregate, updates=ledger, quorum=quorum,
                                                           accepted_hashes=accepted)
-        new_weights = (base_weights + weighted_delta / total).astype(np.float32)
+        new_weights = (base_weights + ckks.average_update(weighted_delta, total)).astype(np.float32)
         with self._tx() as s:
             r = s.get(Round, round_id)
             if r.state != "decrypting":  # another thread finished it

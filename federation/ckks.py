@@ -123,3 +123,20 @@ def decrypt(ctx: ts.Context, blob: bytes) -> np.ndarray:
 def check(ctx: ts.Context, blob: bytes) -> int:
     """Parse every ciphertext of a packed blob under `ctx`; returns the number of values it holds."""
     return _unpack(ctx, blob)[0]
+
+
+# FedAvg weights each update by its sample count; a raw delta x n (a hospital with 40,000 windows, a weight that
+# moved by 0.3) would pass MAX_ABS_VALUE, so participants encrypt delta x n / UPDATE_WEIGHT_SCALE and the
+# aggregate is scaled back. Bound: |delta| x n < MAX_ABS_VALUE x 64 (524,288: a weight moving by 1.0 in a node
+# with 500,000 windows); the absolute CKKS error of ~1.4e-4 becomes ~0.009 / (total samples) per averaged weight.
+UPDATE_WEIGHT_SCALE = 64.0
+
+
+def weighted_update(delta: np.ndarray, n_samples: int) -> np.ndarray:
+    """What a participant encrypts: its weight delta times its sample count, scaled into the safe range."""
+    return np.asarray(delta, dtype=np.float64) * n_samples / UPDATE_WEIGHT_SCALE
+
+
+def average_update(summed: np.ndarray, total_samples: int) -> np.ndarray:
+    """FedAvg's mean delta from the decrypted sum of `weighted_update`s."""
+    return np.asarray(summed, dtype=np.float64) * UPDATE_WEIGHT_SCALE / total_samples

@@ -149,7 +149,7 @@ class ParticipantNode:
         result = await asyncio.to_thread(train_dp, base_w, x, y, cfg=self.cfg.dp, epochs=rnd["local_epochs"],
                                          seed=seed)
         round_eps = await asyncio.to_thread(self.epsilon, [step])
-        weighted_delta = (result.weights.astype(np.float64) - base_w) * result.n_samples
+        weighted_delta = ckks.weighted_update(result.weights.astype(np.float64) - base_w, result.n_samples)
         blob = await asyncio.to_thread(ckks.encrypt, self._public_ctx, weighted_delta)
         history = [*before, step]
         dp = DPReport(noise_multiplier=step[0], sample_rate=q, steps=steps, accountant=self.cfg.dp.accountant,

@@ -54,7 +54,7 @@ class FakeNode:
                    key: Ed25519PrivateKey | None = None, step: tuple[float, float, int] = STEP,
                    history: list | None = None, understate: float = 0.0, accountant: str = "rdp") -> dict:
         ctx = ckks.load_context(self.client.get("/v1/context").content)
-        blob = ckks.encrypt(ctx, np.asarray(delta, dtype=np.float64) * n_samples)
+        blob = ckks.encrypt(ctx, ckks.weighted_update(delta, n_samples))
         hist = [*self.history, step] if history is None else history
         eps = dp_accounting.epsilon(hist, accountant=accountant)
         eps_round = dp_accounting.epsilon([step], accountant=accountant)

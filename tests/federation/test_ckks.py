@@ -74,3 +74,17 @@ def test_values_that_could_wrap_or_are_not_finite_are_refused(contexts, bad: np.
     _secret, public = contexts
     with pytest.raises(ckks.CKKSError):
         ckks.encrypt(public, bad)
+
+
+def test_regression_large_sample_counts_do_not_overflow(contexts) -> None:  # noqa: ANN001
+    """clinic-week replay: a hospital with ~40,000 windows had delta x n > MAX_ABS_VALUE and refused every round."""
+    secret, public = contexts
+    rng = np.random.default_rng(1)
+    deltas = [rng.normal(0, 0.1, model.N_PARAMS).clip(-0.3, 0.3) for _ in range(3)]
+    counts = [40_000, 25_000, 500]
+    blobs = [ckks.encrypt(public, ckks.weighted_update(d, n)) for d, n in zip(deltas, counts, strict=True)]
+    mean = ckks.average_update(ckks.decrypt(secret, ckks.sum_encrypted(public, blobs)), sum(counts))
+    want = sum(d * n for d, n in zip(deltas, counts, strict=True)) / sum(counts)
+    assert np.max(np.abs(mean - want)) < 1e-4
+    with pytest.raises(ckks.CKKSError, match="exceeds"):
+        ckks.encrypt(public, deltas[0] * counts[0])  # the unscaled update is what used to be sent
