@@ -19,23 +19,9 @@ from tests.cloud.participants import (
 
 
 @pytest.fixture
-def http(cloud) -> httpx.Client:  # noqa: ANN001
-    with httpx.Client(base_url=cloud.url, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture
 def staff(http: httpx.Client) -> dict[str, dict]:
     return {role: create_user(http, f"{role.replace('_', '-')}-1", role)
             for role in ("operator", "data_scientist", "compliance_officer", "auditor")} | {"admin": ADMIN}
-
-
-@pytest.fixture
-def nodes(http: httpx.Client) -> list[FakeNode]:
-    out = [FakeNode(http, f"gw-{i}") for i in (1, 2, 3)]
-    for n in out:
-        assert n.enroll().status_code == 201
-    return out
 
 
 def _round_by(http: httpx.Client, nodes: list[FakeNode], opener: dict, seed: int) -> int:

@@ -19,20 +19,6 @@ from tests.cloud.participants import (
 )
 
 
-@pytest.fixture
-def http(cloud) -> httpx.Client:  # noqa: ANN001
-    with httpx.Client(base_url=cloud.url, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture
-def nodes(http: httpx.Client) -> list[FakeNode]:
-    out = [FakeNode(http, f"gw-{i}") for i in (1, 2, 3)]
-    for n in out:
-        assert n.enroll().status_code == 201
-    return out
-
-
 def test_dishonest_dp_reports_are_rejected_and_audited(cloud, http: httpx.Client, nodes: list[FakeNode]) -> None:  # noqa: ANN001
     a = nodes[0]
     rid = open_round(http)
