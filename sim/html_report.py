@@ -127,10 +127,12 @@ def _section_rmse(summary: dict) -> str:
                 ax.plot(x, ys, "s--", color=f"C{k + 1}", label=name)
             elif isinstance(flat.get(name), dict) and flat[name].get(f"rmse{h}") is not None:
                 ax.axhline(_num(flat[name][f"rmse{h}"]), ls="--", color=f"C{k + 1}", label=name)
-        failed = [xi for xi, r in zip(x, rounds, strict=True) if r.get("state") != "completed"]
+        # a round "completed" when it produced a model (later states: evaluated, staged, promoted, rejected)
+        failed = [xi for xi, r in zip(x, rounds, strict=True)
+                  if r.get("model_version") is None and r.get("state") != "completed"]
         for xi in failed:
             ax.axvline(xi, color="red", alpha=0.3, lw=6)
-        ax.set_title(f"RMSE @ +{h} min" + (" (red: round not completed)" if failed else ""))
+        ax.set_title(f"RMSE @ +{h} min" + (" (red: round without a model)" if failed else ""))
         ax.set_xlabel("round")
         ax.set_ylabel("mg/dL")
         ax.set_xticks(x)
