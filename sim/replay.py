@@ -14,6 +14,8 @@ import contextlib
 import json
 import secrets
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -378,8 +380,14 @@ FAULT_ACTIONS = {"broker_outage": _broker_outage, "gateway_crash": _gateway_cras
                  "partition": _partition, "battery_death": _battery_death, "sensor_drift": _sensor_drift}
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through run_replay's `finally`: no orphaned daemons
+
+
 def run_replay(s: Scenario, out: Path, *, broker: str = "auto") -> dict:
     t_start = time.time()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     out = prepare_run_dir(out)
     (out / "scenario.json").write_text(s.model_dump_json(indent=2))
     replay = Replay(s, out, broker_pref=broker)
