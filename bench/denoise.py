@@ -54,7 +54,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    held = heldout_set(seed=991, patients=10, days=2.0, start=DEFAULT_SIM_START)
+    held = heldout_set(source="synthetic", patients=10, days=2.0, seed=991)
     cfg = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=64, lr=0.05)
     names = list(CANDIDATES)
     print(f"held-out: {len(held.x)} windows from {held.patients} patients; DP-SGD noise 1.0, {args.epochs} epochs; "
