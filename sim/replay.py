@@ -196,8 +196,14 @@ class Replay:
                 if resp.status_code < 500:
                     resp.raise_for_status()
                     return resp.json()
-            time.sleep(0.2)
+            self._wait_for_cloud()
         raise TimeoutError(f"the cloud did not answer GET {path}")
+
+    def _wait_for_cloud(self) -> None:
+        """Between retries, keep the fault schedule running: the restart of a crashed cloud is one of its edges."""
+        if self.clock is not None:
+            self._faults(self.clock.now())
+        time.sleep(0.2)
 
     def _post(self, role: str, path: str, body: dict | None = None) -> httpx.Response:
         for _ in range(600):
@@ -205,7 +211,7 @@ class Replay:
                 resp = self.staff[role].post(path, json=body)
                 if resp.status_code < 500:
                     return resp
-            time.sleep(0.2)
+            self._wait_for_cloud()
         raise TimeoutError(f"the cloud did not answer POST {path}")
 
     # -- the simulated timeline ------------------------------------------------------------------------
