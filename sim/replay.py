@@ -26,7 +26,7 @@ import numpy as np
 from device.traces import write_traces
 from federation.clock import DEFAULT_SIM_START, SimClock
 from gateway.hospital import write_clinical_csv
-from sim.broker import RunningBroker, free_port, start_broker, wait_for_port
+from sim.broker import RunningBroker, free_port, start_broker, start_mosquitto, wait_for_port
 from sim.evaluate import HeldOut, evaluate, heldout_set
 from sim.netproxy import TcpRelay
 from sim.patients import training_patients
@@ -331,14 +331,8 @@ def _broker_outage(r: Replay, f: Fault, edge: str) -> str:
     if edge == "start":
         r.broker.stop()
         return f"broker stopped for {f.duration_minutes} simulated minutes"
-    r.broker = start_broker_on(r.broker.port, r.out / "broker")
+    r.broker = start_mosquitto(r.broker.port, r.out / "broker")
     return "broker restarted on the same port with its persisted sessions"
-
-
-def start_broker_on(port: int, workdir: Path) -> RunningBroker:
-    from sim.broker import start_mosquitto
-
-    return start_mosquitto(port, workdir)
 
 
 def _restart(name: str, r: Replay, edge: str, *, args: list[str] | None = None,

@@ -68,25 +68,27 @@ def _node(name: str, patients: list[PatientTrace], ldp: LDPSpec | None, seed: in
     return NodeData(name, np.concatenate(xs), np.concatenate(ys))
 
 
-def build_nodes(cfg: StudyConfig) -> tuple[list[NodeData], list[PatientTrace]]:
-    """Every node's training windows, and the clean training patients (for the pooled upper bound)."""
+def training_cohort(cfg: StudyConfig) -> tuple[list[PatientTrace], list[PatientTrace]]:
+    """The clean training patients: the gateways' device wearers, then the hospitals' patients."""
     kw = {"days": cfg.days, "seed": cfg.seed, "start": DEFAULT_SIM_START, "sensor": cfg.sensor}
-    ldp = None if cfg.ldp_epsilon is None else LDPSpec(mechanism=cfg.ldp_mechanism, epsilon=cfg.ldp_epsilon,
-                                                      lo=SENSOR_RANGE[0], hi=SENSOR_RANGE[1])
-    nodes, pooled = [], []
     n_gw = cfg.gateways * cfg.patients_per_gateway
     gw_patients = training_patients(cfg.source, n_gw, **kw)
     hosp_patients = training_patients(cfg.source, cfg.hospitals * cfg.hospital_patients, offset=n_gw, **kw) \
         if cfg.hospitals else []
-    for g in range(cfg.gateways):
-        mine = gw_patients[g * cfg.patients_per_gateway:(g + 1) * cfg.patients_per_gateway]
-        nodes.append(_node(f"gw-{g + 1}", mine, ldp, cfg.seed))
-        pooled += mine
-    for h in range(cfg.hospitals):
-        mine = hosp_patients[h * cfg.hospital_patients:(h + 1) * cfg.hospital_patients]
-        nodes.append(_node(f"hosp-{h + 1}", mine, None, cfg.seed))
-        pooled += mine
-    return nodes, pooled
+    return gw_patients, hosp_patients
+
+
+def build_nodes(cfg: StudyConfig) -> list[NodeData]:
+    """Every node's training windows: gateways' readings privatised on the devices, hospitals' clean."""
+    ldp = None if cfg.ldp_epsilon is None else LDPSpec(mechanism=cfg.ldp_mechanism, epsilon=cfg.ldp_epsilon,
+                                                      lo=SENSOR_RANGE[0], hi=SENSOR_RANGE[1])
+    gw_patients, hosp_patients = training_cohort(cfg)
+    per_gw, per_h = cfg.patients_per_gateway, cfg.hospital_patients
+    nodes = [_node(f"gw-{g + 1}", gw_patients[g * per_gw:(g + 1) * per_gw], ldp, cfg.seed)
+             for g in range(cfg.gateways)]
+    nodes += [_node(f"hosp-{h + 1}", hosp_patients[h * per_h:(h + 1) * per_h], None, cfg.seed)
+              for h in range(cfg.hospitals)]
+    return nodes
 
 
 def _noise_multiplier(cfg: StudyConfig, n: int) -> float:
@@ -132,7 +134,7 @@ def heldout(cfg: StudyConfig) -> HeldOut:
 
 def run_study(cfg: StudyConfig, *, progress: Callable[[str], None] | None = None) -> dict:
     """Federated model vs persistence, linear extrapolation and the pooled non-private upper bound."""
-    nodes, pooled = build_nodes(cfg)
+    nodes = build_nodes(cfg)
     test = heldout(cfg)
     per_round: list[float] = []
 
@@ -151,8 +153,8 @@ def run_study(cfg: StudyConfig, *, progress: Callable[[str], None] | None = None
 
 def centralised_upper_bound(cfg: StudyConfig) -> dict:
     """Non-private model on the pooled clean training data (same epochs in total as the federation)."""
-    _, pooled = build_nodes(StudyConfig(**{**asdict(cfg), "ldp_epsilon": None}))
-    xs, ys = zip(*(make_windows(p.cgm) for p in pooled), strict=True)
+    gw_patients, hosp_patients = training_cohort(cfg)
+    xs, ys = zip(*(make_windows(p.cgm) for p in gw_patients + hosp_patients), strict=True)
     weights = train_plain(model.init_weights(seed=cfg.seed), np.concatenate(xs), np.concatenate(ys),
                           epochs=cfg.rounds * cfg.local_epochs, seed=cfg.seed, lr=cfg.lr, batch_size=cfg.batch_size)
     test = heldout(cfg)

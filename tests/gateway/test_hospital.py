@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import numpy as np
 from device.sensor import synthetic_trace
 from gateway.hospital import load_clinical_csv, write_clinical_csv
 from sim.broker import free_port
+from sim.processes import wait_until
 
 
 def hospital(tmp_path: Path, data: Path) -> subprocess.Popen:
@@ -39,11 +39,11 @@ def test_status_file_and_graceful_sigterm(tmp_path: Path) -> None:
     proc = hospital(tmp_path, data)
     status_path = tmp_path / "hosp-1" / "status.json"
     try:
-        deadline = time.time() + 30
-        while not status_path.exists():
+        def written() -> bool:
             assert proc.poll() is None, proc.communicate()
-            assert time.time() < deadline, "no status file"
-            time.sleep(0.1)
+            return status_path.exists()
+
+        wait_until(written, timeout=30, what="the hospital's status file", interval=0.1)
         status = json.loads(status_path.read_text())
         assert status["kind"] == "hospital" and status["patients"] == 3 and status["windows"] > 100
         assert status["enrolled"] is False and status["privacy"]["epsilon_cumulative"] == 0.0

@@ -20,6 +20,14 @@ def batch(device: str, seqs: range) -> bytes:
     return encode_batch(ReadingBatch(device=device, ldp=HEADER, readings=readings))
 
 
+async def start_ingest(store: ReadingStore, broker) -> asyncio.Task:  # noqa: ANN001
+    """gw-1's real ingest loop, subscribed and ready, as a task of the running loop."""
+    ready = asyncio.Event()
+    task = asyncio.create_task(ingest_forever(store, "gw-1", host=broker.host, port=broker.port, ready=ready))
+    await asyncio.wait_for(ready.wait(), 10)
+    return task
+
+
 async def _wait(predicate, timeout: float = 10.0) -> None:  # noqa: ANN001
     for _ in range(int(timeout / 0.05)):
         if predicate():
@@ -32,10 +40,7 @@ def test_ingest_stores_dedups_and_quarantines(mosquitto, tmp_path: Path) -> None
     store = ReadingStore(tmp_path / "readings.sqlite")
 
     async def scenario() -> None:
-        ready = asyncio.Event()
-        task = asyncio.create_task(ingest_forever(store, "gw-1", host=mosquitto.host, port=mosquitto.port,
-                                                  ready=ready))
-        await asyncio.wait_for(ready.wait(), 10)
+        task = await start_ingest(store, mosquitto)
         async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="gw-1-dev001") as dev:
             topic = readings_topic("gw-1", "gw-1-dev001")
             await dev.publish(topic, batch("gw-1-dev001", range(0, 5)), qos=1)
@@ -87,10 +92,7 @@ def test_a_failed_store_is_not_acknowledged_and_the_message_comes_back(mosquitto
     store = FlakyStore(tmp_path / "readings.sqlite")
 
     async def scenario() -> None:
-        ready = asyncio.Event()
-        task = asyncio.create_task(ingest_forever(store, "gw-1", host=mosquitto.host, port=mosquitto.port,
-                                                  ready=ready))
-        await asyncio.wait_for(ready.wait(), 10)
+        task = await start_ingest(store, mosquitto)
         async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="gw-1-dev001") as dev:
             await dev.publish(readings_topic("gw-1", "gw-1-dev001"), batch("gw-1-dev001", range(0, 5)), qos=1)
             await _wait(lambda: store.counts()["ingested"] == 5, timeout=20)  # redelivered after the reconnect
