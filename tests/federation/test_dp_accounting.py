@@ -42,3 +42,15 @@ def test_pinned_value_rdp() -> None:
 def test_bad_inputs_raise(history: list, kw: dict, msg: str) -> None:
     with pytest.raises(ValueError, match=msg):
         dp_accounting.epsilon(history, **kw)
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+def test_merging_repeated_rounds_gives_opacus_unmerged_value(accountant: str) -> None:
+    from opacus.accountants import create_accountant
+
+    history = [(1.0, 0.06, 16), (1.2, 0.05, 20), (1.0, 0.06, 16), (1.0, 0.06, 16)]
+    reference = create_accountant(mechanism=accountant)
+    reference.history = list(history)  # Opacus composes every entry as given
+    expected = reference.get_epsilon(delta=1e-5)
+    assert dp_accounting.epsilon(history, accountant=accountant) == pytest.approx(expected, rel=1e-6)
+    assert dp_accounting.epsilon(list(reversed(history)), accountant=accountant) == pytest.approx(expected, rel=1e-6)
