@@ -1,4 +1,4 @@
-"""`wearfed gateway run` and `wearfed hospital run`."""
+"""`wearfed gateway run`, `wearfed hospital run` and `wearfed hospital pool`."""
 
 from __future__ import annotations
 
@@ -15,9 +15,13 @@ def _node_flags(p: argparse.ArgumentParser, *, kind: str) -> None:
     add_config_flag(p)
     example = "gw-1" if kind == "gateway" else "hosp-1"
     p.add_argument("--id", required=True, help=f"this {kind}'s participant id (e.g. {example})")
-    p.add_argument("--cloud-url", default="http://127.0.0.1:8080")
     p.add_argument("--state-dir", type=Path, required=True, help="keys, node state, local database")
     p.add_argument("--enroll-token", default=os.environ.get("WEARFED_ENROLL_TOKEN"))
+    _training_flags(p)
+
+
+def _training_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cloud-url", default="http://127.0.0.1:8080")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--noise-multiplier", type=float, default=1.0, help="DP-SGD Gaussian noise multiplier")
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="DP-SGD per-sample clipping norm")
@@ -61,6 +65,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="smooth the privatised grid before windowing (measured in docs/gateway.md; off by default)")
     run.add_argument("--denoise-width", type=int, default=5, help="smoother width in 5-min bins")
     run.add_argument("--denoise-apply-to", choices=APPLY_TO, default="targets")
+    run.add_argument("--drift-window-hours", type=float, default=6.0,
+                     help="reading time per drift histogram sent to the cloud (docs/governance.md)")
+    run.add_argument("--drift-grace-hours", type=float, default=0.5,
+                     help="report a window once the newest reading is this far past its end")
+    run.add_argument("--no-drift-reports", action="store_true", help="send no drift histograms")
     run.set_defaults(func=_run_gateway)
 
     ing = gw_sub.add_parser("ingest", help="ingest device telemetry only (no federation) until SIGTERM")
@@ -76,26 +85,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     hrun = hosp_sub.add_parser("run", help="take part in rounds until SIGTERM")
     _node_flags(hrun, kind="hospital")
     hrun.add_argument("--data", type=Path, required=True, help="CSV with columns patient,time,glucose")
+    hrun.add_argument("--eval-holdout-patients", type=int, default=0,
+                      help="keep the last K patients out of training and score every candidate model on them "
+                           "(federated evaluation: only the scores are sent, signed)")
     hrun.set_defaults(func=_run_hospital)
+    pool = hosp_sub.add_parser("pool", help="many hospital participants in one process (large federations)")
+    add_config_flag(pool)
+    pool.add_argument("--spec", type=Path, required=True,
+                      help="JSON {nodes: [{id, data, state_dir, enroll_token}]}; paths relative to the file")
+    pool.add_argument("--training-slots", type=int, default=1, help="nodes that may train at the same time")
+    _training_flags(pool)
+    pool.set_defaults(func=_run_pool)
 
 
 def _node_config(args: argparse.Namespace, kind: str):  # noqa: ANN202
     apply_config(args)
     from federation.logs import setup_logging
     from gateway.node import NodeConfig
-    from gateway.trainer import DPConfig
 
     setup_logging(args.log_level, name=f"{kind}:{args.id}")
     if not args.enroll_token:
         raise SystemExit("--enroll-token (or WEARFED_ENROLL_TOKEN) is required")
+    return NodeConfig(participant_id=args.id, kind=kind, cloud_url=args.cloud_url, state_dir=args.state_dir,
+                      enroll_token=args.enroll_token, dp=_dp_config(args), seed=args.seed)
+
+
+def _dp_config(args: argparse.Namespace):  # noqa: ANN202
     import torch
 
+    from gateway.trainer import DPConfig
+
     torch.set_num_threads(1)  # several nodes share a small machine; one core each
-    dp = DPConfig(noise_multiplier=args.noise_multiplier, max_grad_norm=args.max_grad_norm,
-                  expected_batch_size=args.batch_size, lr=args.lr, delta=args.delta, accountant=args.accountant,
-                  epsilon_cap=args.epsilon_cap)
-    return NodeConfig(participant_id=args.id, kind=kind, cloud_url=args.cloud_url, state_dir=args.state_dir,
-                      enroll_token=args.enroll_token, dp=dp, seed=args.seed)
+    return DPConfig(noise_multiplier=args.noise_multiplier, max_grad_norm=args.max_grad_norm,
+                    expected_batch_size=args.batch_size, lr=args.lr, delta=args.delta, accountant=args.accountant,
+                    epsilon_cap=args.epsilon_cap)
 
 
 def _run_gateway(args: argparse.Namespace) -> int:
@@ -103,8 +126,12 @@ def _run_gateway(args: argparse.Namespace) -> int:
     from gateway.daemon import run_gateway
 
     cfg = _node_config(args, "gateway")
+    from gateway.drift import DriftSettings
+
     denoise = Denoise(method=args.denoise, width=args.denoise_width, apply_to=args.denoise_apply_to)
-    asyncio.run(run_gateway(cfg, _ingest_config(args), denoise=denoise))
+    drift = None if args.no_drift_reports else DriftSettings(window_s=args.drift_window_hours * 3600,
+                                                             grace_s=args.drift_grace_hours * 3600)
+    asyncio.run(run_gateway(cfg, _ingest_config(args), denoise=denoise, drift=drift))
     return 0
 
 
@@ -122,5 +149,21 @@ def _run_hospital(args: argparse.Namespace) -> int:
     from gateway.hospital import run_hospital
 
     cfg = _node_config(args, "hospital")
-    asyncio.run(run_hospital(cfg, args.data))
+    asyncio.run(run_hospital(cfg, args.data, eval_holdout=args.eval_holdout_patients))
+    return 0
+
+
+def _run_pool(args: argparse.Namespace) -> int:
+    apply_config(args)
+    from federation.logs import setup_logging
+    from gateway.node import NodeConfig
+    from gateway.pool import build_nodes, load_pool_spec, run_pool
+
+    setup_logging(args.log_level, name=f"hospital-pool:{args.spec.stem}")
+    if args.training_slots < 1:
+        raise SystemExit("--training-slots must be at least 1")
+    template = NodeConfig(participant_id="", kind="hospital", cloud_url=args.cloud_url, state_dir=Path("."),
+                          enroll_token="", dp=_dp_config(args), seed=args.seed)
+    nodes = build_nodes(load_pool_spec(args.spec), template)
+    asyncio.run(run_pool(nodes, training_slots=args.training_slots))
     return 0

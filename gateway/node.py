@@ -86,8 +86,9 @@ class ParticipantNode:
                 "accountant": self.cfg.dp.accountant, "epsilon_cap": self.cfg.dp.epsilon_cap})
         return self._privacy_cache[1]
 
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():  # the cloud may not be up yet: keep trying, keep serving SIGTERM
+    async def enroll_until_ready(self, stop: asyncio.Event) -> bool:
+        """Enroll, retrying while the cloud is not up yet; False if stopped first. Flushes a leftover outbox."""
+        while not stop.is_set():
             try:
                 await self.enroll()
                 self.enrolled = True
@@ -96,28 +97,46 @@ class ParticipantNode:
                 log.warning("%s: enrollment failed (%s); retrying", self.cfg.participant_id, exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=5.0)
-        if stop.is_set():
-            return
+        if not self.enrolled:
+            return False
         with contextlib.suppress(httpx.TransportError):
             await self.flush_outbox()
+        return True
+
+    async def poll_round(self) -> dict | None:
+        """The cloud's current round view, or None when there is none or the cloud is unreachable."""
+        try:
+            return (await self.cloud.request("GET", "/v1/rounds/current")).json()
+        except CloudRejected:
+            return None  # no round yet
+        except httpx.TransportError as exc:  # the cloud is unreachable: keep ingesting, poll again later
+            log.warning("%s: cloud unreachable (%s)", self.cfg.participant_id, exc)
+            return None
+
+    def should_answer(self, rnd: dict | None) -> bool:
+        return bool(rnd) and rnd["state"] == "collecting" and str(rnd["round"]) not in self.state.answered \
+            and self.cfg.participant_id in rnd["expected"]
+
+    async def serve_round(self, rnd: dict) -> None:
+        """Answer `rnd` if this node is expected and has not answered; errors affect this round only."""
+        if not self.should_answer(rnd):
+            return
+        try:
+            await self.answer(rnd)
+        except (CloudRejected, ckks.CKKSError, ValueError) as exc:  # this round only; keep serving
+            log.error("%s: round %s not answered: %s", self.cfg.participant_id, rnd["round"], exc)
+            with contextlib.suppress(httpx.TransportError):
+                await self.refuse(rnd["round"], f"node error: {exc}")
+        except httpx.TransportError as exc:  # anything trained is in the outbox; resent next poll
+            log.warning("%s: round %s: cloud unreachable (%s)", self.cfg.participant_id, rnd["round"], exc)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if not await self.enroll_until_ready(stop):
+            return
         while not stop.is_set():
-            try:
-                rnd = (await self.cloud.request("GET", "/v1/rounds/current")).json()
-            except CloudRejected:
-                rnd = None  # no round yet
-            except httpx.TransportError as exc:  # the cloud is unreachable: keep ingesting, poll again later
-                log.warning("%s: cloud unreachable (%s)", self.cfg.participant_id, exc)
-                rnd = None
-            if rnd and rnd["state"] == "collecting" and str(rnd["round"]) not in self.state.answered \
-                    and self.cfg.participant_id in rnd["expected"]:
-                try:
-                    await self.answer(rnd)
-                except (CloudRejected, ckks.CKKSError, ValueError) as exc:  # this round only; keep serving
-                    log.error("%s: round %s not answered: %s", self.cfg.participant_id, rnd["round"], exc)
-                    with contextlib.suppress(httpx.TransportError):
-                        await self.refuse(rnd["round"], f"node error: {exc}")
-                except httpx.TransportError as exc:  # anything trained is in the outbox; resent next poll
-                    log.warning("%s: round %s: cloud unreachable (%s)", self.cfg.participant_id, rnd["round"], exc)
+            rnd = await self.poll_round()
+            if rnd:
+                await self.serve_round(rnd)
             if rnd and self.on_round is not None:
                 try:
                     await self.on_round(rnd, self.cloud)

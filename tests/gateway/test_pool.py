@@ -1,0 +1,88 @@
+"""`wearfed hospital pool`: several hospital participants in one real process against the real aggregator."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from device.sensor import synthetic_trace
+from federation.errors import ConfigError
+from gateway.hospital import write_clinical_csv
+from gateway.pool import load_pool_spec
+from gateway.state import NodeState
+from sim.processes import wait_until
+from tests.conftest import ADMIN_TOKEN, ENROLL_TOKEN
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def write_spec(tmp_path: Path, ids: list[str]) -> Path:
+    nodes = []
+    for k, pid in enumerate(ids):
+        t, _bg, cgm = synthetic_trace(seed=4, patient=f"{pid}-p", start=1_767_225_600, days=0.5 + 0.1 * k)
+        (tmp_path / pid).mkdir()
+        write_clinical_csv(tmp_path / pid / "clinical.csv", {f"{pid}-p": (t, cgm)})
+        nodes.append({"id": pid, "data": f"{pid}/clinical.csv", "state_dir": pid, "enroll_token": ENROLL_TOKEN})
+    spec = tmp_path / "pool.json"
+    spec.write_text(json.dumps({"nodes": nodes}))
+    return spec
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    ("not json", "cannot read the pool spec"),
+    ('{"nodes": []}', "'nodes' must be a non-empty list"),
+    ('{"nodes": [{"id": "h-1", "data": "a.csv"}]}', "nodes[0] is missing state_dir"),
+    ('{"nodes": [{"id": "h-1", "data": "a", "state_dir": "a"}, {"id": "h-1", "data": "b", "state_dir": "b"}]}',
+     "nodes[1].id 'h-1' is repeated"),
+])
+def test_bad_spec_is_refused_naming_the_entry(tmp_path: Path, doc: str, message: str) -> None:
+    spec = tmp_path / "pool.json"
+    spec.write_text(doc)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_pool_spec(spec)
+
+
+def test_pool_nodes_answer_a_round_as_distinct_participants(cloud, tmp_path: Path) -> None:  # noqa: ANN001
+    ids = ["h-001", "h-002", "h-003"]
+    spec = write_spec(tmp_path, ids)
+    proc = subprocess.Popen([sys.executable, "-m", "federation.cli", "hospital", "pool", "--spec", str(spec),
+                             "--cloud-url", cloud.url, "--accountant", "rdp", "--log-level", "warning"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with httpx.Client(base_url=cloud.url, headers=ADMIN, timeout=30) as http:
+            def enrolled() -> bool:
+                assert proc.poll() is None, proc.communicate()[0]
+                return {p["id"] for p in http.get("/v1/participants").json()} == set(ids)
+
+            wait_until(enrolled, timeout=60, what="the pool's nodes to enroll")
+            rnd = http.post("/v1/rounds", json={"quorum": 3, "deadline_s": 120}).json()
+
+            def closed() -> bool:
+                assert proc.poll() is None, proc.communicate()[0]
+                return http.get(f"/v1/rounds/{rnd['round']}").json()["state"] in ("completed", "failed")
+
+            wait_until(closed, timeout=120, what="the round to close")
+            report = http.get(f"/v1/rounds/{rnd['round']}").json()
+        assert report["state"] == "completed"
+        assert sorted(u["participant"] for u in report["updates"]) == ids
+        keys = {json.loads((tmp_path / pid / "enrolled.json").read_text())["public_key"] for pid in ids}
+        assert len(keys) == 3  # each node enrolled and signs with its own key
+        windows = {u["participant"]: u["n_samples"] for u in report["updates"]}
+        assert len(set(windows.values())) == 3  # each trained on its own data (different lengths)
+        for pid in ids:
+            assert len(NodeState.load(tmp_path / pid / "node-state.json").steps()) == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        for pid in ids:
+            status = json.loads((tmp_path / pid / "status.json").read_text())
+            assert status["enrolled"] and status["answered"] == {str(rnd["round"]): "submitted"}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
