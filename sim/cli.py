@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=_demo)
 
     replay = sub.add_parser("replay", help="replay a scenario (shipped name or TOML path) with real processes")
-    replay.add_argument("scenario", help="demo, clinic-week, faults, or a path to a scenario TOML file")
+    replay.add_argument("scenario", help="demo, clinic-week, faults, scale, or a path to a scenario TOML file")
     replay.add_argument("--out", type=Path, required=True)
     replay.add_argument("--broker", choices=("auto", "mosquitto", "amqtt"), default="auto")
     replay.set_defaults(func=_replay)
@@ -68,9 +68,14 @@ def _exit_code(summary: dict) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from sim.replay import run_replay
+    from sim.scale import run_scale
     from sim.scenario import load_scenario
 
-    return _exit_code(run_replay(load_scenario(args.scenario), args.out, broker=args.broker))
+    s = load_scenario(args.scenario)
+    if s.scale is not None:
+        summary = run_scale(s, args.out, broker=args.broker)
+        return max(_exit_code(run) for run in summary["runs"].values())
+    return _exit_code(run_replay(s, args.out, broker=args.broker))
 
 
 def _cohort_generate(args: argparse.Namespace) -> int:

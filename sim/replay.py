@@ -54,24 +54,16 @@ def device_ids(s: Scenario) -> dict[str, list[str]]:
     return {g.id: [f"{g.id}-dev{k:03d}" for k in range(1, g.devices + 1)] for g in s.gateways}
 
 
-def write_patient_data(s: Scenario, out: Path) -> tuple[Path, dict[str, Path]]:
+def write_patient_data(s: Scenario, out: Path) -> tuple[Path | None, dict[str, Path]]:
     """Device traces (one .npz for the fleet) and each hospital's clinical CSV, from the scenario's cohort.
 
     Devices wear the first patients of the training cohort, hospitals the next ones; sensor drift faults are
-    applied to the targeted gateway's devices from their start hour.
+    applied to the targeted gateway's devices from their start hour. A federation without devices gets no traces.
     """
     ids = [d for devs in device_ids(s).values() for d in devs]
-    pats = training_patients(s.cohort.source, len(ids), days=s.scenario.days, seed=s.scenario.seed,
-                             start=DEFAULT_SIM_START, sensor=s.cohort.sensor)
-    offsets = pats[0].times - DEFAULT_SIM_START
-    cgm = np.vstack([p.cgm for p in pats]).astype(np.float64)
-    for f in s.faults:
-        if f.kind == "sensor_drift":
-            rows = [i for i, d in enumerate(ids) if f.target in (None, d, d.rsplit("-dev", 1)[0])]
-            days_in = np.clip((offsets - f.at_hours * 3600) / 86400, 0, None)
-            cgm[rows] = np.clip(cgm[rows] + (f.drift_mgdl_per_day or 10.0) * days_in, 40, 400)
-    traces = out / "device-traces.npz"
-    write_traces(traces, ids, offsets, cgm)
+    traces = out / "device-traces.npz" if ids else None
+    if ids:
+        _write_device_traces(s, ids, traces)
     csvs, offset = {}, len(ids)
     for h in s.hospitals:
         start = DEFAULT_SIM_START - int(h.days * 86400)  # historical clinical data, before the replay starts
@@ -82,6 +74,19 @@ def write_patient_data(s: Scenario, out: Path) -> tuple[Path, dict[str, Path]]:
         csvs[h.id] = out / h.id / "clinical.csv"
         write_clinical_csv(csvs[h.id], {p.name: (p.times[~np.isnan(p.cgm)], p.cgm[~np.isnan(p.cgm)]) for p in hp})
     return traces, csvs
+
+
+def _write_device_traces(s: Scenario, ids: list[str], traces: Path) -> None:
+    pats = training_patients(s.cohort.source, len(ids), days=s.scenario.days, seed=s.scenario.seed,
+                             start=DEFAULT_SIM_START, sensor=s.cohort.sensor)
+    offsets = pats[0].times - DEFAULT_SIM_START
+    cgm = np.vstack([p.cgm for p in pats]).astype(np.float64)
+    for f in s.faults:
+        if f.kind == "sensor_drift":
+            rows = [i for i, d in enumerate(ids) if f.target in (None, d, d.rsplit("-dev", 1)[0])]
+            days_in = np.clip((offsets - f.at_hours * 3600) / 86400, 0, None)
+            cgm[rows] = np.clip(cgm[rows] + (f.drift_mgdl_per_day or 10.0) * days_in, 40, 400)
+    write_traces(traces, ids, offsets, cgm)
 
 
 @dataclass
@@ -97,13 +102,15 @@ class Replay:
     fault_log: list[dict] = field(default_factory=list)
     fleet_timeline: list[dict] = field(default_factory=list)
     clock: SimClock | None = None
+    pool_processes: int = 0  # > 0: hospitals run as nodes inside this many `hospital pool` processes
 
     # -- start-up ------------------------------------------------------------------------------------
     def start(self) -> None:
         s, out = self.s, self.out
         self.group = ProcessGroup(out / "logs")
-        self.broker = start_broker(out / "broker", prefer=self.broker_pref)
-        self.printer.note(f"broker: {self.broker.kind} on 127.0.0.1:{self.broker.port}")
+        if s.gateways:  # a hospitals-only federation needs no broker
+            self.broker = start_broker(out / "broker", prefer=self.broker_pref)
+            self.printer.note(f"broker: {self.broker.kind} on 127.0.0.1:{self.broker.port}")
         self.traces, csvs = write_patient_data(s, out)
         self.printer.note(f"cohort: {s.cohort.source} ({s.cohort.sensor}), {sum(g.devices for g in s.gateways)} "
                           f"device wearers, {sum(h.patients for h in s.hospitals)} hospital patients")
@@ -136,10 +143,13 @@ class Replay:
                                     "--broker-port", str(relays["broker"].port),
                                     "--cloud-url", f"http://127.0.0.1:{relays['cloud'].port}", *node_flags],
                              env=self._enroll_env(g.id))
-        for h in s.hospitals:
-            self.group.start(h.id, ["hospital", "run", "--id", h.id, "--state-dir", str(out / h.id), "--data",
-                                    str(csvs[h.id]), "--cloud-url", self.cloud_url, *node_flags],
-                             env=self._enroll_env(h.id))
+        if self.pool_processes:
+            self._start_hospital_pools(csvs, node_flags)
+        else:
+            for h in s.hospitals:
+                self.group.start(h.id, ["hospital", "run", "--id", h.id, "--state-dir", str(out / h.id), "--data",
+                                        str(csvs[h.id]), "--cloud-url", self.cloud_url, *node_flags],
+                                 env=self._enroll_env(h.id))
         wait_until(self._all_enrolled, timeout=180, what="every participant to enroll")
         self.printer.note(f"enrolled: {', '.join(s.participants)}")
         self.clock = SimClock(sim_start=DEFAULT_SIM_START, wall_start=time.time() + 2.0, accel=s.scenario.accel)
@@ -166,6 +176,18 @@ class Replay:
                     "device", "run", "--device-id", dev, "--gateway", g.id, *common,
                     "--state-dir", str(out / f"device-{dev}"), "--status-file", str(out / f"fleet-{dev}.json")],
                     finite=True)
+
+    def _start_hospital_pools(self, csvs: dict[str, Path], node_flags: list[str]) -> None:
+        """Hospitals dealt round-robin into `pool_processes` pool processes (specs hold one-time tokens: 0600)."""
+        pools = [self.s.hospitals[k::self.pool_processes] for k in range(self.pool_processes)]
+        for k, members in enumerate(p for p in pools if p):
+            spec = self.out / f"hospital-pool-{k}.json"
+            nodes = [{"id": h.id, "data": str(csvs[h.id].relative_to(self.out)), "state_dir": h.id,
+                      "enroll_token": self._enroll_env(h.id)["WEARFED_ENROLL_TOKEN"]} for h in members]
+            spec.touch(mode=0o600)
+            spec.write_text(json.dumps({"nodes": nodes}, indent=1))
+            self.group.start(f"hospital-pool-{k}", ["hospital", "pool", "--spec", str(spec),
+                                                    "--cloud-url", self.cloud_url, *node_flags])
 
     def _enroll_env(self, pid: str) -> dict[str, str]:
         resp = self.staff["admin"].post("/v1/enrollment-tokens", json={"participant_id": pid})
@@ -266,6 +288,7 @@ class Replay:
                                                                          "decrypting")
 
         wait_until(closed, timeout=r.deadline_s + 120, what=f"round {round_id} to close")
+        round_seconds = time.time() - t0  # open -> aggregated, decrypted and a model version created (or failed)
         report = self._get(f"/v1/rounds/{round_id}")
         row = {"round": round_id, "state": report["state"],
                "participants": [u["participant"] for u in report["updates"]], "refusals": report["refusals"],
@@ -290,6 +313,7 @@ class Replay:
                                              "accountant": u["dp"]["accountant"]} for u in report["updates"]}
         row["windows"] = {u["participant"]: u["n_samples"] for u in report["updates"]}
         row["bytes_up"] = sum(u["bytes"] for u in report["updates"])
+        row["round_seconds"] = round(round_seconds, 2)
         row["seconds"] = round(time.time() - t0, 2)
         return row
 
@@ -384,13 +408,13 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through run_replay's `finally`: no orphaned daemons
 
 
-def run_replay(s: Scenario, out: Path, *, broker: str = "auto") -> dict:
+def run_replay(s: Scenario, out: Path, *, broker: str = "auto", pool_processes: int = 0) -> dict:
     t_start = time.time()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     out = prepare_run_dir(out)
     (out / "scenario.json").write_text(s.model_dump_json(indent=2))
-    replay = Replay(s, out, broker_pref=broker)
+    replay = Replay(s, out, broker_pref=broker, pool_processes=pool_processes)
     heldout = heldout_set(source=s.cohort.source, patients=s.cohort.heldout_patients, days=s.cohort.heldout_days,
                           seed=s.scenario.seed, sensor=s.cohort.sensor)
     span = s.scenario.days * 86400

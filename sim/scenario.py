@@ -65,6 +65,13 @@ class Privacy(Section):
     dp_accountant: Literal["prv", "rdp"] = "prv"
     participant_epsilon_cap: float = Field(default=10.0, gt=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_default_epsilon_without_ldp(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("ldp_mechanism") == "none":
+            data = {"ldp_epsilon": None, **data}
+        return data
+
     @model_validator(mode="after")
     def _epsilon_matches_mechanism(self) -> Privacy:
         if self.ldp_mechanism == "none" and self.ldp_epsilon is not None:
@@ -82,14 +89,32 @@ class Fault(Section):
     drift_mgdl_per_day: float | None = None
 
 
+class Scale(Section):
+    """The same federation replayed at several participant counts: hospitals splitting one clinical cohort."""
+
+    participants: list[int] = Field(min_length=2, description="participant counts, e.g. [5, 50]")
+    patients: int = Field(ge=2, le=10_000, description="clinical patients split evenly among the participants")
+    days: float = Field(default=2.0, gt=0, le=365, description="clinical days per patient")
+    pool_processes: int = Field(default=2, ge=1, le=64, description="processes hosting the hospital nodes")
+
+    @model_validator(mode="after")
+    def _counts(self) -> Scale:
+        if any(n < 2 or n > self.patients for n in self.participants):
+            raise ValueError(f"each participant count must be between 2 and patients ({self.patients})")
+        if len(set(self.participants)) != len(self.participants):
+            raise ValueError("participant counts must be distinct")
+        return self
+
+
 class Scenario(Section):
     scenario: Meta
     cohort: Cohort = Cohort()
-    gateways: list[Gateway] = Field(min_length=1)
+    gateways: list[Gateway] = []
     hospitals: list[Hospital] = []
     rounds: Rounds
     privacy: Privacy = Privacy()
     faults: list[Fault] = []
+    scale: Scale | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
@@ -97,6 +122,12 @@ class Scenario(Section):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"participant ids must be unique, repeated: {dupes}")
+        if self.scale is not None:
+            if ids:
+                raise ValueError("a scale scenario generates its participants: leave gateways and hospitals out")
+            return self
+        if len(ids) < 2:
+            raise ValueError(f"a federation needs at least 2 participants (gateways + hospitals), got {len(ids)}")
         if self.rounds.quorum > len(ids):
             raise ValueError(f"rounds.quorum {self.rounds.quorum} exceeds the {len(ids)} participants")
         gateway_ids = [g.id for g in self.gateways]
@@ -110,6 +141,19 @@ class Scenario(Section):
     @property
     def participants(self) -> list[str]:
         return [g.id for g in self.gateways] + [h.id for h in self.hospitals]
+
+
+def at_scale(s: Scenario, n: int) -> Scenario:
+    """`s` with its scale section expanded into `n` hospitals that split the cohort as evenly as possible."""
+    if s.scale is None:
+        raise ConfigError(f"scenario {s.scenario.name!r} has no [scale] section")
+    base, extra = divmod(s.scale.patients, n)
+    hospitals = [{"id": f"h-{k:03d}", "patients": base + (k <= extra), "days": s.scale.days} for k in range(1, n + 1)]
+    doc = s.model_dump(exclude={"scale"})
+    doc["scenario"]["name"] = f"{s.scenario.name}-{n}"
+    doc["hospitals"] = hospitals
+    doc["rounds"]["quorum"] = n  # every participant answers: the round time covers all of them
+    return Scenario.model_validate(doc)
 
 
 def _format_error(source: str, exc: ValidationError) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from federation.errors import ConfigError
-from sim.scenario import SHIPPED, load_scenario, parse_scenario
+from sim.scenario import SHIPPED, at_scale, load_scenario, parse_scenario
 
 MINIMAL = """
 [scenario]
@@ -28,7 +28,7 @@ count = 2
 def test_every_shipped_scenario_loads(path) -> None:  # noqa: ANN001
     s = load_scenario(path.stem)
     assert s.scenario.name == path.stem
-    assert len(s.participants) >= 2
+    assert len(s.participants) >= 2 or s.scale is not None
 
 
 def test_minimal_scenario_gets_defaults() -> None:
@@ -46,7 +46,7 @@ def test_minimal_scenario_gets_defaults() -> None:
     (('id = "hosp-1"', 'id = "gw-1"'), "repeated"),
     (("[rounds]", "[privacy]\nldp_mechanism = \"gauss\"\n[rounds]"), "privacy.ldp_mechanism"),
     (("[rounds]", "[privacy]\nldp_mechanism = \"laplace\"\nldp_epsilon = 0\n[rounds]"), "privacy.ldp_epsilon"),
-    (("[rounds]", "[privacy]\nldp_mechanism = \"none\"\n[rounds]"), "must be omitted"),
+    (("[rounds]", "[privacy]\nldp_mechanism = \"none\"\nldp_epsilon = 4.0\n[rounds]"), "must be omitted"),
     (("[rounds]", "[[faults]]\nkind = \"meteor\"\nat_hours = 1\n[rounds]"), "faults[0].kind"),
     (("[rounds]", "[[faults]]\nkind = \"gateway_crash\"\nat_hours = 1\ntarget = \"gw-9\"\n[rounds]"), "gateway"),
     (("[rounds]", "[[faults]]\nkind = \"broker_outage\"\nat_hours = 99\n[rounds]"), "after the scenario ends"),
@@ -64,3 +64,46 @@ def test_not_toml_and_unknown_names() -> None:
         parse_scenario("[[[")
     with pytest.raises(ConfigError, match="shipped"):
         load_scenario("no-such-scenario")
+
+
+def test_ldp_can_be_switched_off_in_toml() -> None:
+    s = parse_scenario(MINIMAL.replace("[rounds]", '[privacy]\nldp_mechanism = "none"\n[rounds]'))
+    assert s.privacy.ldp_mechanism == "none" and s.privacy.ldp_epsilon is None
+
+
+SCALE = """
+[scenario]
+name = "s"
+seed = 1
+days = 0.1
+accel = 100000
+[scale]
+participants = [2, 5]
+patients = 11
+[rounds]
+count = 1
+"""
+
+
+def test_scale_expands_into_hospitals_that_split_the_cohort() -> None:
+    s = parse_scenario(SCALE)
+    assert s.participants == []
+    five = at_scale(s, 5)
+    assert [h.id for h in five.hospitals] == ["h-001", "h-002", "h-003", "h-004", "h-005"]
+    assert [h.patients for h in five.hospitals] == [3, 2, 2, 2, 2]  # 11 patients, none lost, none repeated
+    assert five.rounds.quorum == 5 and five.scale is None and five.scenario.name == "s-5"
+    with pytest.raises(ConfigError, match="no \\[scale\\] section"):
+        at_scale(five, 2)
+
+
+@pytest.mark.parametrize("patch, field", [
+    (("participants = [2, 5]", "participants = [2, 50]"), "between 2 and patients"),
+    (("participants = [2, 5]", "participants = [5, 5]"), "distinct"),
+    (("participants = [2, 5]", "participants = [5]"), "scale.participants"),
+    (("[rounds]", "[[hospitals]]\nid = \"h-1\"\npatients = 2\n[rounds]"), "generates its participants"),
+    (("[scale]\nparticipants = [2, 5]\npatients = 11\n", ""), "at least 2 participants"),
+])
+def test_scale_mistakes_are_named(patch: tuple[str, str], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_scenario(SCALE.replace(*patch, 1), source="bad.toml")
+    assert field in str(info.value)

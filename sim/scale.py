@@ -1,0 +1,53 @@
+"""The `scale` study: one federation replayed at several participant counts, and how round time grows.
+
+Every count trains on the same clinical cohort (the scenario's `[scale]` patients, split evenly among
+hospital participants hosted in `pool_processes` pool processes), so the training work per round is the same
+and what grows with the count is the per-participant cost: accounting, encryption, signing, submission and
+the cloud's checks and ciphertext sum. Round time is wall time from the round's opening to a new model version
+(collection, aggregation, decryption), the median over the scenario's rounds. Each count is a full replay in
+`DIR/n<count>/`; `DIR/summary.json` is the largest count's summary plus `scale` and per-count `runs`.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+from sim.replay import prepare_run_dir, run_replay
+from sim.scenario import Scenario, at_scale
+
+
+def round_seconds(summary: dict) -> float | None:
+    """Median open-to-model time over the rounds that produced a model; None if none did."""
+    times = [r["round_seconds"] for r in summary["rounds"] if r.get("model_version") is not None]
+    return round(statistics.median(times), 2) if times else None
+
+
+def run_scale(s: Scenario, out: Path, *, broker: str = "auto") -> dict:
+    if s.scale is None:
+        raise ValueError(f"scenario {s.scenario.name!r} has no [scale] section")
+    t_start = time.time()
+    out = prepare_run_dir(out)
+    (out / "scenario.json").write_text(s.model_dump_json(indent=2))
+    runs: dict[int, dict] = {}
+    for n in s.scale.participants:
+        runs[n] = run_replay(at_scale(s, n), out / f"n{n}", broker=broker, pool_processes=s.scale.pool_processes)
+    low, high = min(runs), max(runs)
+    t_low, t_high = round_seconds(runs[low]), round_seconds(runs[high])
+    scale = {f"round_seconds_{n}": round_seconds(r) for n, r in sorted(runs.items())}
+    scale["ratio"] = round(t_high / t_low, 3) if t_low and t_high else None
+    scale["participants"] = sorted(runs)
+    scale["patients"] = s.scale.patients
+    summary = {**runs[high], "scenario": s.scenario.name, "scale": scale,
+               "runs": {str(n): {"rounds": r["rounds"], "wall_seconds": r["wall_seconds"],
+                                 "readings": r["readings"]} for n, r in sorted(runs.items())},
+               "wall_seconds": round(time.time() - t_start, 1)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    from sim.html_report import write_report
+
+    write_report(summary, out)
+    ratio = "n/a" if scale["ratio"] is None else f"{scale['ratio']:.2f}x"
+    print(f"scale: round time {t_low} s at {low} participants, {t_high} s at {high}: ratio {ratio}")
+    return summary
