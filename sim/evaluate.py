@@ -59,3 +59,14 @@ def evaluate(weights: np.ndarray, data: HeldOut) -> dict[str, float]:
     for j, minutes in enumerate(HORIZONS):
         out[f"persistence_rmse{minutes}"] = metrics.rmse(base[:, j], data.y_cgm[:, j])
     return out
+
+
+def clarke_points(weights: np.ndarray, data: HeldOut, *, max_points: int = 3000, seed: int = 0) -> dict:
+    """+30 min forecasts against true blood glucose, for the report's Clarke grid (a fixed-seed sample)."""
+    pred = model.predict(weights, data.x)[:, 0]
+    ref = data.y_bg[:, 0]
+    keep = np.flatnonzero(np.isfinite(pred) & np.isfinite(ref))
+    if len(keep) > max_points:
+        keep = np.sort(np.random.default_rng(seed).choice(keep, max_points, replace=False))
+    return {"horizon_min": HORIZONS[0], "reference": np.round(ref[keep], 1).tolist(),
+            "prediction": np.round(pred[keep], 1).tolist()}

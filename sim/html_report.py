@@ -298,6 +298,24 @@ def _section_overview(summary: dict) -> str:
     return "".join(parts)
 
 
+def _section_scale(summary: dict) -> str:
+    scale, runs = summary["scale"], summary.get("runs") or {}
+    rows, fig = [], Figure(figsize=(7, 3.2))
+    ax = fig.subplots()
+    for n in scale["participants"]:
+        per_round = [r.get("round_seconds") for r in runs.get(str(n), {}).get("rounds", [])]
+        rows.append([n, _fmt(scale.get(f"round_seconds_{n}")), ", ".join(_fmt(t) for t in per_round)])
+        ax.plot(range(1, len(per_round) + 1), [_num(t) for t in per_round], marker="o", label=f"{n} participants")
+    ax.set_xlabel("round")
+    ax.set_ylabel("round wall time (s)")
+    ax.legend()
+    ratio = scale.get("ratio")
+    note = _note(f"Median round time at {max(scale['participants'])} participants over "
+                 f"{min(scale['participants'])}: {'n/a' if ratio is None else f'{ratio:.2f}x'}. Every count "
+                 f"trains on the same {scale.get('patients')} clinical patients.")
+    return note + _png(fig) + _table(["participants", "median round s", "round seconds"], rows)
+
+
 SECTIONS: tuple[tuple[str, Callable[[dict], str]], ...] = (
     ("Run", _section_overview),
     ("Forecast error per round against the baselines", _section_rmse),
@@ -314,7 +332,8 @@ def render_report(summary: dict) -> str:
     if not isinstance(summary, dict):
         raise TypeError(f"summary must be a dict, got {type(summary).__name__}")
     body = []
-    for title, build in SECTIONS:
+    sections = SECTIONS + ((("Scale: round time by participant count", _section_scale),) if "scale" in summary else ())
+    for title, build in sections:
         try:
             content = build(summary)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:

@@ -27,7 +27,7 @@ from device.traces import write_traces
 from federation.clock import DEFAULT_SIM_START, SimClock
 from gateway.hospital import write_clinical_csv
 from sim.broker import RunningBroker, free_port, start_broker, start_mosquitto, wait_for_port
-from sim.evaluate import HeldOut, evaluate, heldout_set
+from sim.evaluate import HeldOut, clarke_points, evaluate, heldout_set
 from sim.netproxy import TcpRelay
 from sim.patients import training_patients
 from sim.processes import ProcessGroup, read_json, wait_until
@@ -103,6 +103,7 @@ class Replay:
     fleet_timeline: list[dict] = field(default_factory=list)
     clock: SimClock | None = None
     pool_processes: int = 0  # > 0: hospitals run as nodes inside this many `hospital pool` processes
+    last_weights: np.ndarray | None = None  # the newest model a round produced (the report's Clarke grid)
 
     # -- start-up ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -297,6 +298,7 @@ class Replay:
             m = self._get(f"/v1/models/{report['result_model_version']}")
             weights = np.frombuffer(base64.b64decode(m["weights"]), dtype=np.float32)
             scores = evaluate(weights, heldout)
+            self.last_weights = weights
             row.update({key: round(v, 4) for key, v in scores.items()})
             row["model_hash"] = m["hash"]
             # metrics posted by a data scientist, approved by compliance, promoted by the admin (the operator
@@ -446,6 +448,8 @@ def run_replay(s: Scenario, out: Path, *, broker: str = "auto", pool_processes: 
                            "detail": f"{e['edge']}: {e['detail']}"} for e in replay.fault_log],
                "fleet_timeline": [{k: v for k, v in p.items() if k != "wall"} for p in replay.fleet_timeline],
                "wall_seconds": round(time.time() - t_start, 1)}
+    if replay.last_weights is not None:
+        summary["clarke_points"] = clarke_points(replay.last_weights, heldout)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     from sim.html_report import write_report
 
