@@ -27,6 +27,7 @@ from gateway.trainer import DPConfig, plan_steps, train_dp
 log = logging.getLogger(__name__)
 WindowSource = Callable[[float | None], tuple[np.ndarray, np.ndarray]]
 RoundHook = Callable[[dict, CloudClient], Awaitable[None]]
+_BASE_WEIGHTS: dict[tuple[str, int], np.ndarray] = {}  # (cloud url, version) -> weights, newest last
 
 
 @dataclass(frozen=True)
@@ -162,8 +163,7 @@ class ParticipantNode:
             await self.refuse(round_id, f"privacy cap: cumulative epsilon would reach {projected:.3f} > cap "
                                         f"{self.cfg.dp.epsilon_cap} (delta {self.cfg.dp.delta}, unit window)")
             return
-        base = (await self.cloud.request("GET", f"/v1/models/{rnd['base_model_version']}")).json()
-        base_w = np.frombuffer(base64.b64decode(base["weights"]), dtype=np.float32)
+        base_w = await self.base_weights(rnd["base_model_version"])
         seed = self.cfg.seed * 1_000_003 + round_id
         result = await asyncio.to_thread(train_dp, base_w, x, y, cfg=self.cfg.dp, epochs=rnd["local_epochs"],
                                          seed=seed)
@@ -189,6 +189,16 @@ class ParticipantNode:
                  self.cfg.participant_id, round_id, result.n_samples, steps, result.loss, projected,
                  self.cfg.dp.delta, self.cfg.dp.accountant)
         await self.flush_outbox()
+
+    async def base_weights(self, version: int) -> np.ndarray:
+        """A model version's weights; versions are immutable, so nodes sharing a process fetch each once."""
+        key = (self.cfg.cloud_url, version)
+        if key not in _BASE_WEIGHTS:
+            doc = (await self.cloud.request("GET", f"/v1/models/{version}")).json()
+            _BASE_WEIGHTS[key] = np.frombuffer(base64.b64decode(doc["weights"]), dtype=np.float32)
+            while len(_BASE_WEIGHTS) > 4:
+                _BASE_WEIGHTS.pop(next(iter(_BASE_WEIGHTS)))
+        return _BASE_WEIGHTS[key]
 
     async def flush_outbox(self) -> None:
         """(Re)send every stored submission; the cloud recognises a resend by its idempotency key."""
