@@ -59,3 +59,16 @@ def test_demo_refuses_to_overwrite_a_foreign_directory(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="not written by wearfed"):
         run_demo(DemoConfig(out=tmp_path))
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_replay_is_deterministic_for_a_seed(tmp_path: Path) -> None:
+    """Same seed, two runs: the same readings, windows, epsilons and scores (CKKS noise is far below 1e-3)."""
+    def figures(run: str) -> list:
+        cfg = DemoConfig(out=tmp_path / run, gateways=2, devices_per_gateway=2, hospitals=1, hospital_patients=3,
+                         days=0.5, rounds=2, heldout_patients=3)
+        s = run_demo(cfg)
+        return [s["readings"]["published"], s["readings"]["ingested"]] + [
+            (r["windows"], {p: e["value"] for p, e in r["epsilon"].items()}, round(r["rmse30"], 3),
+             round(r["mard30"], 3)) for r in s["rounds"]]
+
+    assert figures("a") == figures("b")
