@@ -1,13 +1,22 @@
 """DP-SGD overhead: one epoch of plain torch vs Opacus DP-SGD on the same model and the same windows, same run.
 
-Plain: SGD with momentum, shuffled batches of 64. DP-SGD: the gateway's own code path (gateway.trainer:
-Opacus with Poisson sampling at an expected batch of 64, per-sample clipping, Gaussian noise, per-sample
-gradients in `GRAD_SAMPLE_MODE`), one epoch = 1/q steps. One thread each; each is timed `--reps` times,
-interleaved, and the fastest epoch of each is compared. Times are CPU seconds of this process
-(`time.process_time`), so other load on a shared machine does not leak into the ratio. Opacus' default hook
-mode is printed alongside.
+Plain: SGD with momentum, a shuffled pass in batches of 64 (`torch.randperm`, each batch gathered by tensor
+indexing). DP-SGD: the gateway's own code path (`gateway.trainer.make_private` + `run_steps` over a
+`gateway.dp_sampling.PoissonSampler`): Opacus per-sample gradients in `GRAD_SAMPLE_MODE`, flat clipping, Gaussian
+noise, Poisson sampling at an expected batch of 64, one epoch = 1/q steps, each batch gathered by the same tensor
+indexing as plain. Data feeding is therefore like for like; each side draws its batches (permutation, or Binomial
+size + uniform subset) inside the timed epoch. One thread; each variant is timed `--reps` times, interleaved, and the
+fastest epoch of each is compared. Times are CPU seconds of this process (`time.process_time`), so other load on a
+shared machine does not leak into the ratio.
 
-    python -m bench.dp_overhead [--patients 20 --days 5 --reps 5]
+Printed alongside, for reference: Opacus' other per-sample gradient modes on the gateway path, plain torch fed by a
+DataLoader (per-sample collate), and the previous gateway path (`PrivacyEngine.make_private`: DPDataLoader with an
+N-long Bernoulli mask per step, stock per-parameter DPOptimizer).
+
+    python -m bench.dp_overhead [--patients 20 --days 5 --reps 5 --modes ew,hooks] [--phases]
+
+`--phases` also splits one epoch of each side into batch drawing, zero_grad, forward + loss, backward,
+clip + noise (Opacus' `pre_step`) and the SGD update (a copy of the loops with a timer between phases).
 
 Last line: `dp_overhead: plain_s=<t> dp_s=<t> ratio=<r> params=<n> windows=<n>`.
 """
@@ -17,6 +26,7 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 
@@ -24,17 +34,36 @@ from device.sensor import synthetic_trace
 from federation import model
 from federation.clock import DEFAULT_SIM_START
 from federation.windows import windows_from_series
+from gateway.dp_sampling import PoissonSampler
 from gateway.trainer import GRAD_SAMPLE_MODE, DPConfig, make_private, plan_steps, run_steps
 
 
-def plain_epoch(x: np.ndarray, y: np.ndarray, *, batch: int) -> float:
+def plain_epoch(xt, yt, *, batch: int, seed: int) -> float:  # noqa: ANN001
+    import torch
+
+    net = model.to_torch(model.init_weights(seed=0))
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    loss_fn = torch.nn.MSELoss()
+    gen = torch.Generator().manual_seed(seed)
+    net.train()
+    t = time.process_time()
+    order = torch.randperm(len(xt), generator=gen)
+    for i in range(0, len(xt), batch):
+        rows = order[i : i + batch]
+        opt.zero_grad(set_to_none=True)
+        loss_fn(net(xt[rows]), yt[rows]).backward()
+        opt.step()
+    return time.process_time() - t
+
+
+def plain_dataloader_epoch(xt, yt, *, batch: int, seed: int) -> float:  # noqa: ANN001
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
     net = model.to_torch(model.init_weights(seed=0))
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    loader = DataLoader(TensorDataset(torch.from_numpy(model.normalise(x)), torch.from_numpy(model.normalise(y))),
-                        batch_size=batch, shuffle=True)
+    loader = DataLoader(TensorDataset(xt, yt), batch_size=batch, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
     loss_fn = torch.nn.MSELoss()
     net.train()
     t = time.process_time()
@@ -45,20 +74,110 @@ def plain_epoch(x: np.ndarray, y: np.ndarray, *, batch: int) -> float:
     return time.process_time() - t
 
 
-def dp_epoch(x: np.ndarray, y: np.ndarray, *, cfg: DPConfig, mode: str) -> float:
+def dp_epoch(xt, yt, *, cfg: DPConfig, mode: str, seed: int) -> float:  # noqa: ANN001
     import torch
-    from torch.utils.data import DataLoader, TensorDataset
 
+    torch.manual_seed(seed)
     net = model.to_torch(model.init_weights(seed=0))
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9)
-    q, steps = plan_steps(len(x), cfg=cfg, epochs=1)
-    loader = DataLoader(TensorDataset(torch.from_numpy(model.normalise(x)), torch.from_numpy(model.normalise(y))),
-                        batch_size=max(1, int(round(q * len(x)))))
-    net, opt, loader = make_private(net, opt, loader, cfg=cfg, grad_sample_mode=mode)
+    q, steps = plan_steps(len(xt), cfg=cfg, epochs=1)
+    net, opt = make_private(net, opt, cfg=cfg, n_samples=len(xt), grad_sample_mode=mode)
+    sampler = PoissonSampler(len(xt), sample_rate=q, steps=steps, seed=seed)
     net.train()
     t = time.process_time()
-    run_steps(net, opt, loader, torch.nn.MSELoss(), steps)
+    run_steps(net, opt, xt, yt, sampler, torch.nn.MSELoss())
     return time.process_time() - t
+
+
+def engine_epoch(xt, yt, *, cfg: DPConfig, seed: int) -> float:  # noqa: ANN001
+    """The previous gateway path: PrivacyEngine.make_private (DPDataLoader, stock DPOptimizer), ew mode."""
+    import torch
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(seed)
+    net = model.to_torch(model.init_weights(seed=0))
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9)
+    q, steps = plan_steps(len(xt), cfg=cfg, epochs=1)
+    loader = DataLoader(TensorDataset(xt, yt), batch_size=max(1, int(round(q * len(xt)))))
+    net, opt, loader = PrivacyEngine(accountant=cfg.accountant).make_private(
+        module=net, optimizer=opt, data_loader=loader, noise_multiplier=cfg.noise_multiplier,
+        max_grad_norm=cfg.max_grad_norm, poisson_sampling=True, grad_sample_mode="ew")
+    loss_fn = torch.nn.MSELoss()
+    net.train()
+    t = time.process_time()
+    for done, (xb, yb) in enumerate(loader):
+        if done == steps:
+            break
+        opt.zero_grad(set_to_none=True)
+        if len(xb):
+            loss_fn(net(xb), yb).backward()
+        else:
+            for p in opt.params:
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+        opt.step()
+    return time.process_time() - t
+
+
+PHASES = ("batch", "zero_grad", "forward", "backward", "clip_noise", "update")
+
+
+def phase_epoch(xt, yt, *, cfg: DPConfig, dp: bool, seed: int) -> dict[str, float]:  # noqa: ANN001
+    """CPU seconds per phase over one epoch: plain (`dp=False`) or the gateway's DP-SGD path in GRAD_SAMPLE_MODE."""
+    import torch
+
+    torch.manual_seed(seed)
+    net = model.to_torch(model.init_weights(seed=0))
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9)
+    loss_fn = torch.nn.MSELoss()
+    n = len(xt)
+    if dp:
+        q, steps = plan_steps(n, cfg=cfg, epochs=1)
+        net, opt = make_private(net, opt, cfg=cfg, n_samples=n)
+        draws = iter(PoissonSampler(n, sample_rate=q, steps=steps, seed=seed))
+    else:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        draws = (order[i : i + cfg.expected_batch_size] for i in range(0, n, cfg.expected_batch_size))
+    net.train()
+    spent = dict.fromkeys(PHASES, 0.0)
+    clock = time.process_time
+    while True:
+        t0 = clock()
+        idx = next(draws, None)
+        if idx is None:
+            break
+        rows = torch.from_numpy(idx) if dp else idx
+        xb, yb = xt[rows], yt[rows]
+        t1 = clock()
+        opt.zero_grad(set_to_none=True)
+        t2 = clock()
+        loss = loss_fn(net(xb), yb) if len(xb) else None
+        t3 = clock()
+        if loss is not None:
+            loss.backward()
+        else:
+            for p in opt.params:
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+        t4 = clock()
+        if dp:
+            opt.pre_step()
+        t5 = clock()
+        (opt.original_optimizer if dp else opt).step()
+        t6 = clock()
+        for k, a, b in zip(PHASES, (t0, t1, t2, t3, t4, t5), (t1, t2, t3, t4, t5, t6), strict=True):
+            spent[k] += b - a
+    return spent
+
+
+def print_phases(xt, yt, *, cfg: DPConfig, reps: int) -> None:  # noqa: ANN001
+    rows = {}
+    for name, dp in (("plain", False), (GRAD_SAMPLE_MODE, True)):
+        phase_epoch(xt[:512], yt[:512], cfg=cfg, dp=dp, seed=0)
+        runs = [phase_epoch(xt, yt, cfg=cfg, dp=dp, seed=r + 1) for r in range(reps)]
+        rows[name] = min(runs, key=lambda r: sum(r.values()))
+    print("phases (CPU s/epoch, fastest epoch): " + " ".join(f"{k:>10}" for k in (*PHASES, "total")))
+    for name, r in rows.items():
+        print(f"  {name:>32}: " + " ".join(f"{v:10.3f}" for v in (*r.values(), sum(r.values()))))
 
 
 def main() -> None:
@@ -67,6 +186,9 @@ def main() -> None:
     ap.add_argument("--days", type=float, default=5.0)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--modes", default="ew,hooks", help="Opacus grad_sample modes to time (ew, hooks, functorch)")
+    ap.add_argument("--no-reference", action="store_true", help="skip the DataLoader and PrivacyEngine lines")
+    ap.add_argument("--phases", action="store_true", help="also split one epoch of each side into phases")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     import torch
@@ -75,21 +197,29 @@ def main() -> None:
     series = [synthetic_trace(seed=5, patient=f"bench-{k:03d}", start=DEFAULT_SIM_START, days=args.days)
               for k in range(args.patients)]
     x, y = windows_from_series([(t, cgm) for t, _bg, cgm in series])
+    xt, yt = torch.from_numpy(model.normalise(x)), torch.from_numpy(model.normalise(y))
     cfg = DPConfig(expected_batch_size=args.batch)
-    modes = [GRAD_SAMPLE_MODE] + [m for m in ("hooks",) if m != GRAD_SAMPLE_MODE]
-    times: dict[str, list[float]] = {"plain": [], **{m: [] for m in modes}}
-    plain_epoch(x[:512], y[:512], batch=args.batch)  # warm-up (lazy imports, allocator)
-    for m in modes:
-        dp_epoch(x[:512], y[:512], cfg=cfg, mode=m)
-    for _ in range(args.reps):
-        times["plain"].append(plain_epoch(x, y, batch=args.batch))
-        for m in modes:
-            times[m].append(dp_epoch(x, y, cfg=cfg, mode=m))
-    best = {k: min(v) for k, v in times.items()}
+    modes = [GRAD_SAMPLE_MODE] + [m for m in args.modes.split(",") if m and m != GRAD_SAMPLE_MODE]
+    runs: dict[str, Callable[[object, object, int], float]] = {
+        "plain": lambda a, b, s: plain_epoch(a, b, batch=args.batch, seed=s),
+        **{m: (lambda a, b, s, m=m: dp_epoch(a, b, cfg=cfg, mode=m, seed=s)) for m in modes},
+    }
+    if not args.no_reference:
+        runs["plain_dataloader"] = lambda a, b, s: plain_dataloader_epoch(a, b, batch=args.batch, seed=s)
+        runs["opacus_engine"] = lambda a, b, s: engine_epoch(a, b, cfg=cfg, seed=s)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for run in runs.values():  # warm-up (lazy imports, allocator)
+        run(xt[:512], yt[:512], 0)
+    for rep in range(args.reps):
+        for k, run in runs.items():
+            times[k].append(run(xt, yt, rep + 1))
+    best = {k: float(np.min(v)) for k, v in times.items()}
     print(f"{len(x)} windows, {model.N_PARAMS} params, batch {args.batch}, 1 thread, best of {args.reps} epochs, "
           "CPU seconds")
     for k, v in best.items():
-        print(f"  {k:>6}: {v:.3f} s/epoch" + ("" if k == "plain" else f"  ({v / best['plain']:.2f}x plain)"))
+        print(f"  {k:>16}: {v:.3f} s/epoch" + ("" if k == "plain" else f"  ({v / best['plain']:.2f}x plain)"))
+    if args.phases:
+        print_phases(xt, yt, cfg=cfg, reps=args.reps)
     dp = best[GRAD_SAMPLE_MODE]
     print(f"dp_overhead: plain_s={best['plain']:.3f} dp_s={dp:.3f} ratio={dp / best['plain']:.2f} "
           f"params={model.N_PARAMS} windows={len(x)}")
