@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from device.inference import DEFAULT_ALERT_CONFIDENCE
 from federation.clock import DEFAULT_SIM_START, SimClock
 from federation.config import add_config_flag, apply_config
 
@@ -45,6 +46,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--status-file", type=Path, help="write counters here as JSON, atomically")
     p.add_argument("--traces", type=Path, help="replay CGM traces from this .npz (written by sim) instead of "
                    "the built-in synthetic generator")
+    p.add_argument("--release-key", help="the cloud's release public key (base64 Ed25519, GET /v1/release-key), or "
+                   "a file holding it; devices whose profile runs the forecaster verify model releases with it")
+    p.add_argument("--alert-confidence", type=float, default=DEFAULT_ALERT_CONFIDENCE,
+                   help="clinician-set threshold in (0, 1]: forecast alerts with a lower confidence are flagged "
+                        f"for review instead (default {DEFAULT_ALERT_CONFIDENCE}; see docs/release.md)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,6 +63,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--sensor-age", type=float, default=None,
                      help="seconds the sensor has been worn at sim start (default: just warmed up)")
     run.set_defaults(func=_run_device)
+    tam = dev_sub.add_parser("tamper-release", help="demo/test: publish a tampered copy of the gateway's retained "
+                             "model release (devices must refuse it; see device/tamper.py)")
+    tam.add_argument("--gateway", required=True)
+    tam.add_argument("--kind", default="bit-flip", help="bit-flip, unsigned, forged, oversized or garbage")
+    tam.add_argument("--broker-host", default="127.0.0.1")
+    tam.add_argument("--broker-port", type=int, default=1883)
+    tam.add_argument("--username", help="a principal allowed to write the model topic (the gateway's)")
+    tam.add_argument("--password")
+    tam.add_argument("--retain", action="store_true", help="replace the retained release (default: a live message)")
+    tam.set_defaults(func=_tamper_release)
 
     fleet = sub.add_parser("fleet", help="many simulated devices in one process")
     fleet_sub = fleet.add_subparsers(dest="fleet_cmd", required=True)
@@ -89,6 +105,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     prov.add_argument("--client-certs", action="store_true", help="also issue one client certificate per principal")
     prov.add_argument("--tls-port", type=int, default=8883, help="TLS listener port written into mosquitto-auth.conf")
     prov.set_defaults(func=_provision)
+
+
+def _tamper_release(args: argparse.Namespace) -> int:
+    from device.tamper import publish_payload, read_retained, tamper
+
+    auth = {"username": args.username, "password": args.password}
+    good = read_retained(host=args.broker_host, port=args.broker_port, gateway=args.gateway, **auth)
+    publish_payload(tamper(good, args.kind), host=args.broker_host, port=args.broker_port, gateway=args.gateway,
+                    retain=args.retain, **auth)
+    print(f"published a {args.kind} copy of the retained release on wearfed/v1/{args.gateway}/model")
+    return 0
 
 
 def _profiles_list(args: argparse.Namespace) -> int:
@@ -145,6 +172,13 @@ def _setup(args: argparse.Namespace):  # noqa: ANN202
     return clock, broker, profile, state_dir, creds
 
 
+def _release_key(value: str | None) -> str | None:
+    """The key itself, or the content of the file named by `value`."""
+    if value and Path(value).is_file():
+        return Path(value).read_text().strip()
+    return value
+
+
 def _run_device(args: argparse.Namespace) -> int:
     from device.fleet import run_fleet
     from device.publisher import DeviceConfig
@@ -155,7 +189,8 @@ def _run_device(args: argparse.Namespace) -> int:
                        profile=profile, ldp_mechanism=args.ldp_mechanism, ldp_epsilon=args.ldp_epsilon,
                        daily_cap=args.daily_cap, batch_size=args.batch_size, sensor_age_s=args.sensor_age,
                        odometer_block=args.odometer_block, trace_file=args.traces,
-                       username=c.get("username"), password=c.get("password"))
+                       username=c.get("username"), password=c.get("password"),
+                       release_key=_release_key(args.release_key), alert_confidence=args.alert_confidence)
     stats = asyncio.run(run_fleet([cfg], clock, broker, state_dir=state_dir, status_path=args.status_file))
     return 1 if any(s.errors for s in stats.values()) else 0
 
@@ -174,7 +209,8 @@ def _run_fleet(args: argparse.Namespace) -> int:
                             profile=profile, ldp_mechanism=args.ldp_mechanism, ldp_epsilon=args.ldp_epsilon,
                             daily_cap=args.daily_cap, batch_size=args.batch_size, credentials=creds,
                             odometer_block=args.odometer_block, random_sensor_age=args.stagger_sensors,
-                            trace_file=args.traces)
+                            trace_file=args.traces, release_key=_release_key(args.release_key),
+                            alert_confidence=args.alert_confidence)
     if args.shard is not None:
         configs = configs[args.shard::args.workers]
     stats = asyncio.run(run_fleet(configs, clock, broker, state_dir=state_dir, status_path=args.status_file,

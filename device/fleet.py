@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from device.inference import DEFAULT_ALERT_CONFIDENCE
 from device.profiles import Profile
 from device.publisher import Broker, DeviceConfig, DeviceStats, run_device
 from device.spool import Spool
@@ -25,8 +26,13 @@ def fleet_configs(*, gateways: list[str], devices_per_gateway: int, seed: int, d
                   daily_cap: float | None = None, batch_size: int | None = None,
                   credentials: dict[str, dict[str, str]] | None = None,
                   odometer_block: int = 12, random_sensor_age: bool = False,
-                  trace_file: Path | None = None) -> list[DeviceConfig]:
-    """Device ids are ``<gateway>-devNNN``; `credentials` maps a device id to its username and password."""
+                  trace_file: Path | None = None, release_key: str | None = None,
+                  alert_confidence: float = DEFAULT_ALERT_CONFIDENCE) -> list[DeviceConfig]:
+    """Device ids are ``<gateway>-devNNN``; `credentials` maps a device id to its username and password.
+
+    With a profile that runs the forecaster, every device pins `release_key` (the cloud's release public key)
+    and runs the model releases its gateway relays; `alert_confidence` is the clinician-set review threshold.
+    """
     creds = credentials or {}
     out = []
     for gw in gateways:
@@ -37,7 +43,8 @@ def fleet_configs(*, gateways: list[str], devices_per_gateway: int, seed: int, d
                                     ldp_mechanism=ldp_mechanism, ldp_epsilon=ldp_epsilon, daily_cap=daily_cap,
                                     batch_size=batch_size, username=c.get("username"), password=c.get("password"),
                                     odometer_block=odometer_block, random_sensor_age=random_sensor_age,
-                                    trace_file=trace_file))
+                                    trace_file=trace_file, release_key=release_key,
+                                    alert_confidence=alert_confidence))
     return out
 
 
@@ -58,6 +65,12 @@ def summary(stats: dict[str, DeviceStats]) -> dict:
         "battery_depleted": sum(s.state == "battery-depleted" for s in stats.values()),
         "budget_exhausted": sum(s.state == "budget-exhausted" for s in stats.values()),
         "errors": sum(len(s.errors) for s in stats.values()),
+        "models_loaded": sum(s.model_version is not None for s in stats.values()),
+        "model_refusals": sum(sum(s.model_refusals.values()) for s in stats.values()),
+        "forecasts": sum(s.alerts.get("forecasts", 0) for s in stats.values()),
+        "hypo_alerts": sum(s.alerts.get("hypo_alerts", 0) for s in stats.values()),
+        "hyper_alerts": sum(s.alerts.get("hyper_alerts", 0) for s in stats.values()),
+        "reviews": sum(s.alerts.get("hypo_reviews", 0) + s.alerts.get("hyper_reviews", 0) for s in stats.values()),
     }
 
 
@@ -120,15 +133,18 @@ def _merge_status(files: list[Path], path: Path) -> None:
 
 
 async def run_fleet(configs: list[DeviceConfig], clock: SimClock, broker: Broker, *, state_dir: Path,
-                    status_path: Path | None = None, connect_rate: float = 200.0) -> dict[str, DeviceStats]:
+                    status_path: Path | None = None, connect_rate: float = 200.0,
+                    stats: dict[str, DeviceStats] | None = None) -> dict[str, DeviceStats]:
     """Run every device to the end of its trace; starts at most `connect_rate` devices per wall second.
 
-    `state_dir` keeps the spool (one SQLite file for the process) and each device's privacy odometer; give
-    the same directory to a restarted process and its devices resume where they stopped.
+    `state_dir` keeps the spool (one SQLite file for the process), each device's privacy odometer and loaded
+    model release; give the same directory to a restarted process and its devices resume where they stopped.
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     spool = Spool(state_dir / "spool.sqlite", group_commit=True)
-    stats = {c.device_id: DeviceStats() for c in configs}
+    stats = {} if stats is None else stats  # a caller's dict is filled in place (live counters, in-process)
+    for c in configs:
+        stats.setdefault(c.device_id, DeviceStats())
     committer = asyncio.create_task(spool.run_group_commit())
 
     async def report() -> None:

@@ -12,11 +12,16 @@ persistent session, a batch of up to the profile's batch size per publish, a rea
 after its PUBACK, uplink throttled to the profile's bytes per simulated second, Last Will plus a retained
 status topic, and exponential backoff with full jitter between reconnects. A restarted device resumes its
 sequence numbers and resends every unacknowledged reading; the gateway drops duplicates by (device, seq).
+
+A device whose profile runs the forecaster also subscribes to its gateway's retained model topic, verifies
+each release (`device.model_client`) and runs the loaded LiteRT model on its raw readings, which never leave
+it (`device.inference`); its status carries the loaded version, refusals by reason and alert counts only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -28,13 +33,16 @@ from pathlib import Path
 import aiomqtt
 import numpy as np
 
+from device.inference import DEFAULT_ALERT_CONFIDENCE, AlertMonitor
 from device.ldp import LDPSpec, privatize
+from device.model_client import ModelClient, model_topic
 from device.odometer import PrivacyOdometer, utc_day
 from device.profiles import Profile
 from device.sensor import SENSOR_RANGE, stable_seed, synthetic_trace
 from device.spool import DeviceQueue, Spool
 from device.traces import load_trace
 from federation.clock import SimClock
+from federation.errors import ConfigError
 from federation.telemetry import LDPHeader, ReadingBatch, encode_batch, readings_topic, status_topic
 
 log = logging.getLogger(__name__)
@@ -78,6 +86,12 @@ class DeviceConfig:
     username: str | None = None  # per-device broker credentials (override the fleet's)
     password: str | None = None
     trace_file: Path | None = None  # replay this device's trace from a file instead of the synthetic generator
+    release_key: str | None = None  # the cloud's release public key (base64 Ed25519), pinned for model releases
+    alert_confidence: float = DEFAULT_ALERT_CONFIDENCE  # below it a forecast alert is flagged for review instead
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alert_confidence <= 1.0:
+            raise ConfigError(f"alert confidence threshold must be in (0, 1], got {self.alert_confidence}")
 
     @property
     def mechanism(self) -> str:
@@ -116,14 +130,21 @@ class DeviceStats:
     battery: float | None = None  # fraction of the battery left (None: mains)
     state: str = "starting"
     errors: list[str] = field(default_factory=list)
+    model_version: int | None = None  # loaded on-device model (forecaster profiles only)
+    model_serial: int | None = None
+    model_refusals: dict[str, int] = field(default_factory=dict)  # refused releases by reason
+    alerts: dict[str, int] = field(default_factory=dict)  # forecasts run, alerts and review flags (counts only)
 
 
 class _Device:
     """Shared state of one device's sampler and publisher."""
 
     def __init__(self, cfg: DeviceConfig, clock: SimClock, queue: DeviceQueue, odometer: PrivacyOdometer | None,
-                 stats: DeviceStats) -> None:
+                 stats: DeviceStats, models: ModelClient | None = None) -> None:
         self.cfg, self.clock, self.queue, self.odometer, self.stats = cfg, clock, queue, odometer, stats
+        self.models = models
+        self.monitor = AlertMonitor(threshold=cfg.alert_confidence) if models is not None else None
+        self._sync_model_stats()
         self.p = cfg.profile
         self.origin = cfg.session_origin(clock.sim_start)
         self.wake = asyncio.Event()
@@ -177,6 +198,42 @@ class _Device:
         self.stats.state = state
         self.wake.set()
 
+    def status_doc(self) -> dict:
+        """The retained status payload: state, plus model, refusals and alert counts on forecaster devices."""
+        if self.models is None:
+            return dict(self.status)
+        return {**self.status, **self.models.status(), **self.monitor.status()}
+
+    # -- on-device model ---------------------------------------------------------------------------------
+
+    def _sync_model_stats(self) -> None:
+        if self.models is None:
+            return
+        loaded = self.models.loaded
+        self.stats.model_version = loaded.version if loaded else None
+        self.stats.model_serial = loaded.serial if loaded else None
+        self.stats.model_refusals = dict(self.models.refusals)
+        self.stats.alerts = self.monitor.status()["alerts"]
+
+    def on_model(self, payload: bytes) -> None:
+        """A message on the model topic: verify and load it, or count the refusal; status follows."""
+        self.models.receive(payload)
+        self._sync_model_stats()
+        self.wake.set()
+
+    def observe(self, t: int, raw_mgdl: float) -> None:
+        """A raw reading (pre-LDP, stays on the device): forecast when the window is complete and a model is loaded."""
+        if self.monitor is None or not self.monitor.add_reading(t, raw_mgdl) or self.models.loaded is None:
+            return
+        loaded = self.models.loaded
+        events = self.monitor.decide(loaded.forecaster.predict_one(self.monitor.window()), loaded.calibration)
+        for e in events:
+            log.info("%s: %s %s (confidence %.2f, +%d min)", self.cfg.device_id, e.kind, e.action, e.confidence,
+                     e.horizon_min)
+        self.stats.alerts = self.monitor.status()["alerts"]
+        if events:
+            self.wake.set()
+
     # -- privacy budget --------------------------------------------------------------------------------
 
     async def reserve(self, t: int) -> bool:
@@ -201,7 +258,7 @@ class _Device:
         return True
 
 
-async def _sample(dev: _Device, times: np.ndarray, released: np.ndarray) -> None:
+async def _sample(dev: _Device, times: np.ndarray, raw: np.ndarray, released: np.ndarray) -> None:
     p, q, stats = dev.p, dev.queue, dev.stats
     start = int(np.searchsorted(times, q.state.next_t)) if q.state.next_t else 0
     exhausted_day = ""
@@ -213,6 +270,7 @@ async def _sample(dev: _Device, times: np.ndarray, released: np.ndarray) -> None
             continue
         if not dev.has_energy(t, p.energy_per_reading_uj):
             return
+        dev.observe(t, float(raw[i]))  # local forecast on the raw reading, before (and whatever) local DP
         if not await dev.reserve(t):
             stats.suppressed += 1
             day = utc_day(t)
@@ -241,6 +299,24 @@ def _client(cfg: DeviceConfig, broker: Broker, will_topic: str) -> aiomqtt.Clien
                           clean_session=False, will=will, timeout=10, keepalive=60, tls_params=broker.tls_params())
 
 
+def _status_key(doc: dict) -> dict:
+    """What decides a status re-publish: everything but the count of forecasts run (it changes every reading)."""
+    alerts = doc.get("alerts")
+    if not isinstance(alerts, dict):
+        return doc
+    return {**doc, "alerts": {k: v for k, v in alerts.items() if k != "forecasts"}}
+
+
+async def _receive_models(client: aiomqtt.Client, dev: _Device) -> None:
+    """Feed every message on the model topic (the retained one first) to the device's model client."""
+    try:
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            dev.on_model(payload)
+    except aiomqtt.MqttError:
+        return  # the connection dropped: the publisher reconnects and subscribes again
+
+
 async def _publish(dev: _Device, broker: Broker, header: LDPHeader) -> None:
     cfg, p, q, stats, clock = dev.cfg, dev.p, dev.queue, dev.stats, dev.clock
     topic = readings_topic(cfg.gateway, cfg.device_id)
@@ -251,19 +327,24 @@ async def _publish(dev: _Device, broker: Broker, header: LDPHeader) -> None:
     while True:
         sent_status: dict | None = None
         try:
-            async with _client(cfg, broker, status) as client:
+            async with _client(cfg, broker, status) as client, contextlib.AsyncExitStack() as stack:
                 backoff = BACKOFF_MIN_S
+                if dev.models is not None:
+                    await client.subscribe(model_topic(cfg.gateway), qos=1)
+                    receiver = asyncio.create_task(_receive_models(client, dev))
+                    stack.callback(receiver.cancel)
                 while True:
-                    if dev.status != sent_status:
-                        sent_status = dict(dev.status)
-                        await client.publish(status, json.dumps(sent_status).encode(), qos=1, retain=True)
+                    doc = dev.status_doc()
+                    if _status_key(doc) != sent_status:  # not re-sent for the forecast counter alone
+                        sent_status = _status_key(doc)
+                        await client.publish(status, json.dumps(doc).encode(), qos=1, retain=True)
                     if dev.stopped:
                         return
                     rows = q.peek(batch_size)
                     if not rows:
                         if dev.sampling_done and len(q) == 0:
                             dev.set_status("done")
-                            await client.publish(status, json.dumps(dev.status).encode(), qos=1, retain=True)
+                            await client.publish(status, json.dumps(dev.status_doc()).encode(), qos=1, retain=True)
                             return
                         dev.wake.clear()
                         await dev.wake.wait()
@@ -292,7 +373,8 @@ async def _publish(dev: _Device, broker: Broker, header: LDPHeader) -> None:
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 
 
-def _trace(cfg: DeviceConfig, clock: SimClock) -> tuple[np.ndarray, np.ndarray]:
+def _trace(cfg: DeviceConfig, clock: SimClock) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(times, raw CGM readings, released readings after local DP)."""
     if cfg.trace_file is not None:
         times, cgm = load_trace(cfg.trace_file, cfg.device_id, start=int(clock.sim_start), days=cfg.days)
     else:
@@ -303,7 +385,16 @@ def _trace(cfg: DeviceConfig, clock: SimClock) -> tuple[np.ndarray, np.ndarray]:
     # resend never spends (or leaks) more budget.
     noise_rng = np.random.default_rng(stable_seed(cfg.seed + 1, cfg.device_id))
     released = cgm if spec is None else privatize(cgm, spec=spec, rng=noise_rng)
-    return times, released
+    return times, cgm, released
+
+
+def model_client_for(cfg: DeviceConfig, state_dir: Path) -> ModelClient | None:
+    """A model client for a device whose profile runs the forecaster (its loaded release kept on disk), else None."""
+    if not cfg.profile.runs_forecaster:
+        return None
+    safe = f"{cfg.device_id}-{zlib.crc32(cfg.device_id.encode()):08x}"
+    return ModelClient(cfg.device_id, public_key=cfg.release_key, max_bytes=cfg.profile.max_model_bytes,
+                       state_path=state_dir / "models" / f"{safe}.json")
 
 
 def odometer_for(cfg: DeviceConfig, state_dir: Path) -> PrivacyOdometer | None:
@@ -319,12 +410,12 @@ async def run_device(cfg: DeviceConfig, clock: SimClock, broker: Broker, stats: 
                      state_dir: Path) -> None:
     """Run one device until its trace ends and every reading is acknowledged, or its battery is flat."""
     queue = spool.device(cfg.device_id, capacity=cfg.profile.store_capacity_readings)
-    dev = _Device(cfg, clock, queue, odometer_for(cfg, state_dir), stats)
+    dev = _Device(cfg, clock, queue, odometer_for(cfg, state_dir), stats, model_client_for(cfg, state_dir))
     queue.on_durable(dev.wake.set)
     stats.state = "online"
     header = LDPHeader(mechanism=cfg.mechanism, epsilon=cfg.epsilon, lo=SENSOR_RANGE[0], hi=SENSOR_RANGE[1])
-    times, released = _trace(cfg, clock)
-    sampler = asyncio.create_task(_sample(dev, times, released))
+    times, raw, released = _trace(cfg, clock)
+    sampler = asyncio.create_task(_sample(dev, times, raw, released))
     publisher = asyncio.create_task(_publish(dev, broker, header))
     try:
         await asyncio.wait({sampler, publisher}, return_when=asyncio.FIRST_EXCEPTION)

@@ -7,6 +7,12 @@ document exactly as the cloud serves it (`federation.release`), as JSON, so a de
 signature the gateway did. The release key is pinned: `--release-key`, else trust on first use (stored in
 `<state-dir>/release-key.pub`); a later change of key is refused, never followed silently. A missing release
 (404 or 409: nothing promoted yet, or a cloud that does not serve releases) is logged and asked again later.
+
+The signed TFLite artifact (`federation.release.verify_tflite_release`, GET /v1/releases/current/tflite) is
+added to the payload under ``tflite`` once the cloud has exported it, after the gateway verified it against the
+same pinned key and checked it is the same model version; until then (409: export pending, litert-torch
+missing) the release goes out without it and is published again, with it, when it appears (a new release
+serial, e.g. after a rollback, is published again too).
 """
 
 from __future__ import annotations
@@ -17,18 +23,20 @@ import logging
 import time
 from pathlib import Path
 
+import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from federation import model
 from federation.errors import SchemaError, SignatureError, WearfedError
-from federation.release import verify_release
+from federation.release import verify_release, verify_tflite_release
 from federation.telemetry import TOPIC_ROOT
 from gateway.cloud_client import CloudClient, CloudRejected
 
 log = logging.getLogger(__name__)
 CHECK_SECONDS = 10.0
 CURRENT_RELEASE = "/v1/releases/current"
+CURRENT_TFLITE = "/v1/releases/current/tflite"
 
 
 class RelayError(WearfedError):
@@ -69,12 +77,15 @@ class ModelRelay:
         self.pinned_key = release_key or (self._pin_path.read_text().strip() if self._pin_path.exists() else None)
         doc = json.loads(self._state_path.read_text()) if self._state_path.exists() else {}
         self.relayed_version: int | None = doc.get("version")
+        self.relayed_serial: int | None = doc.get("tflite_serial")
         self.last_error: str | None = None
+        self.tflite_error: str | None = None
         self._next_check = 0.0
         self._last_completed: int | None = None
 
     def status(self) -> dict:
-        return {"model_relayed": self.relayed_version, "relay_error": self.last_error}
+        return {"model_relayed": self.relayed_version, "relay_error": self.last_error,
+                "tflite_relayed_serial": self.relayed_serial, "tflite_error": self.tflite_error}
 
     async def after_round(self, rnd: dict, cloud: CloudClient) -> None:
         """Hook for the participant loop: check for a new release after a completed round, else periodically."""
@@ -108,20 +119,47 @@ class ModelRelay:
         key = await self.release_key(cloud)
         release = (await cloud.request("GET", CURRENT_RELEASE)).json()
         manifest, weights = verify_release(release, key)
-        if manifest.version == self.relayed_version:
+        tflite = await self.current_tflite(cloud, key, manifest.version)
+        serial = tflite["manifest"]["serial"] if tflite else None
+        if manifest.version == self.relayed_version and serial in (None, self.relayed_serial):
             self.last_error = None
             return
         if manifest.architecture != model.ARCHITECTURE or len(weights) != 4 * model.N_PARAMS:
             raise RelayError(f"release {manifest.version} is {manifest.architecture} with {len(weights)} bytes, "
                              f"expected {model.ARCHITECTURE} with {4 * model.N_PARAMS}")
+        if tflite is not None:
+            release = {**release, "tflite": tflite}
         payload = json.dumps(release, sort_keys=True, separators=(",", ":")).encode()
         user, password = self._auth
         await asyncio.to_thread(publish_retained, host=self.host, port=self.port, topic=model_topic(self.gateway),
                                 payload=payload, client_id=f"gateway-{self.gateway}-relay", username=user,
                                 password=password)
-        self.relayed_version, self.last_error = manifest.version, None
+        self.relayed_version, self.relayed_serial, self.last_error = manifest.version, serial, None
         tmp = self._state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"version": manifest.version, "published_at": time.time()}))
+        tmp.write_text(json.dumps({"version": manifest.version, "tflite_serial": serial, "published_at": time.time()}))
         tmp.replace(self._state_path)
-        log.info("%s: relayed signed model %s to %s (retained)", self.gateway, manifest.version,
-                 model_topic(self.gateway))
+        log.info("%s: relayed signed model %s (TFLite release %s) to %s (retained)", self.gateway, manifest.version,
+                 serial, model_topic(self.gateway))
+
+    async def current_tflite(self, cloud: CloudClient, key: str, version: int) -> dict | None:
+        """The cloud's signed TFLite release of `version`, verified; None (reason in tflite_error) if there is none."""
+        try:
+            doc = (await cloud.request("GET", CURRENT_TFLITE)).json()
+        except CloudRejected as exc:
+            self.tflite_error = str(exc)
+            return None
+        except (httpx.HTTPError, ValueError) as exc:  # a 5xx after retries, or a body that is not JSON
+            self.tflite_error = f"TFLite release unavailable: {exc}"
+            log.warning("%s: %s", self.gateway, self.tflite_error)
+            return None
+        try:
+            tfl, _ = verify_tflite_release(doc, key)
+        except (SchemaError, SignatureError) as exc:
+            self.tflite_error = f"TFLite release refused: {exc}"
+            log.warning("%s: %s", self.gateway, self.tflite_error)
+            return None
+        if tfl.version != version:
+            self.tflite_error = f"TFLite release is of v{tfl.version}, the promoted release is v{version}"
+            return None
+        self.tflite_error = None
+        return doc

@@ -1,0 +1,189 @@
+"""Signed TFLite releases of the promoted model: exported in the background at promotion, re-signed at rollback.
+
+Every promotion and every rollback (hooks on `Federation`) takes the next release serial and queues one job on
+a single worker thread: export the version with `cloud.tflite_export` (or reuse its cached file), check the
+LiteRT/torch agreement, calibrate, and sign a `federation.release.TFLiteManifest` with the release key.
+State under ``<state-dir>/releases``: ``index.json`` (last serial, head), ``v<N>.tflite`` + ``v<N>.json`` per
+exported version, ``v<N>.refused.json`` when the agreement check refused it, ``signed/<serial>.json``.
+
+API (`mount`): GET /v1/releases/current/tflite (the head, if it is the promoted version),
+GET /v1/models/{version}/release/tflite, GET /v1/releases/tflite-status. Until an artifact exists they
+answer 409 with the reason: export pending, litert-torch not installed, export disabled, agreement refused.
+Set ``WEARFED_TFLITE_EXPORT=off`` to switch exports off, ``WEARFED_RELEASE_VALIDATION`` to an .npz of
+validation windows (default: the packaged set).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from cloud import tflite_export
+from cloud.errors import Conflict, NotFound
+from federation.release import Calibration, TFLiteManifest, make_tflite_release
+
+log = logging.getLogger(__name__)
+EXPORT_ENV = "WEARFED_TFLITE_EXPORT"
+VALIDATION_ENV = "WEARFED_RELEASE_VALIDATION"
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, sort_keys=True))
+    os.replace(tmp, path)
+
+
+class ReleaseArtifacts:
+    """TFLite artifacts of promoted versions, one signed document per release serial."""
+
+    def __init__(self, fed, directory: Path, *, validation: Path | None = None,  # noqa: ANN001 - Federation
+                 enabled: bool | None = None) -> None:
+        self.fed, self.dir = fed, Path(directory)
+        (self.dir / "signed").mkdir(parents=True, exist_ok=True)
+        env = os.environ.get(VALIDATION_ENV)
+        self.validation = validation or (Path(env) if env else None)
+        self.enabled = enabled if enabled is not None else os.environ.get(EXPORT_ENV, "on").lower() != "off"
+        self._lock = threading.RLock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tflite-export")
+        self._state: dict[int, str] = {}  # serial -> "pending" or the reason it has no artifact
+        index = self.dir / "index.json"
+        self._index = json.loads(index.read_text()) if index.exists() else {"serial": 0, "head": None}
+        missing = tflite_export.exporter_missing()
+        if not self.enabled:
+            log.warning("TFLite export is off (%s=off): devices get no on-device model", EXPORT_ENV)
+        elif missing:
+            log.error("TFLite export unavailable, devices get no on-device model: %s", missing)
+
+    # -- hooks -------------------------------------------------------------------------------------
+    def on_change(self, version: int) -> Future | None:
+        """A promotion or rollback made `version` current: take the next serial and queue its export."""
+        with self._lock:
+            serial = int(self._index["serial"]) + 1
+            self._index = {"serial": serial, "head": {"serial": serial, "version": int(version)}}
+            _write_json(self.dir / "index.json", self._index)
+            if not self.enabled:
+                self._state[serial] = f"TFLite export is off on this cloud ({EXPORT_ENV}=off)"
+                return None
+            self._state[serial] = "pending"
+        log.info("release %d: model v%d queued for TFLite export", serial, version)
+        return self._pool.submit(self._job, serial, int(version))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- the job -----------------------------------------------------------------------------------
+    def _job(self, serial: int, version: int) -> None:
+        try:
+            self._state[serial] = self._export_and_sign(serial, version)
+        except Exception as exc:  # a failed export must not kill the worker: the reason is served instead
+            log.exception("release %d: TFLite export of v%d failed", serial, version)
+            self._state[serial] = f"export failed: {exc}"
+
+    def _export_and_sign(self, serial: int, version: int) -> str:
+        m = self.fed.get_model(version)
+        weights = np.frombuffer(base64.b64decode(m["weights"]), dtype=np.float32)
+        refused = self.dir / f"v{version}.refused.json"
+        if refused.exists():
+            return json.loads(refused.read_text())["reason"]
+        path, meta = self.dir / f"v{version}.tflite", self.dir / f"v{version}.json"
+        if path.exists() and meta.exists():
+            data, info = path.read_bytes(), json.loads(meta.read_text())
+        else:
+            missing = tflite_export.exporter_missing()
+            if missing:
+                log.error("release %d: no TFLite artifact for v%d: %s", serial, version, missing)
+                return f"no TFLite artifact: {missing}"
+            x, y = tflite_export.load_validation(self.validation)
+            try:
+                ex = tflite_export.export_checked(weights, x, y, tolerance=tflite_export.MAX_ABS_DIFF_MGDL)
+            except tflite_export.AgreementError as exc:
+                _write_json(refused, {"reason": f"refused: {exc}"})
+                self.fed.record("release.tflite_refused", "cloud", version=version, reason=str(exc))
+                log.error("release %d: v%d refused: %s", serial, version, exc)
+                return f"refused: {exc}"
+            data = ex.tflite
+            info = {"max_abs_diff_mgdl": ex.max_abs_diff_mgdl, "calibration": ex.calibration.to_doc()}
+            path.write_bytes(data)
+            _write_json(meta, info)
+        manifest = TFLiteManifest(format="tflite", version=version, serial=serial, created_at=m["created_at"],
+                                  architecture=m["architecture"], model_hash=m["hash"],
+                                  tflite_sha256=hashlib.sha256(data).hexdigest(),
+                                  tflite_bytes=len(data), max_abs_diff_mgdl=float(info["max_abs_diff_mgdl"]),
+                                  calibration=Calibration.from_doc(info["calibration"]).to_doc())
+        _write_json(self.dir / "signed" / f"{serial}.json", make_tflite_release(manifest, data, self.fed.release_key))
+        self.fed.record("release.tflite_signed", "cloud", version=version, serial=serial,
+                        sha256=manifest.tflite_sha256, bytes=len(data), max_abs_diff_mgdl=manifest.max_abs_diff_mgdl)
+        log.info("release %d: model v%d signed as TFLite (%d B, max |LiteRT - torch| %.3g mg/dL)", serial, version,
+                 len(data), manifest.max_abs_diff_mgdl)
+        return "signed"
+
+    # -- serving -----------------------------------------------------------------------------------
+    def _signed(self, serial: int) -> dict | None:
+        path = self.dir / "signed" / f"{serial}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def _reason(self, serial: int, version: int) -> str:
+        state = self._state.get(serial)
+        if state is None:  # a serial from before a restart, never signed: nothing will sign it now
+            return f"release {serial} of model v{version} was not signed before the cloud restarted"
+        if state == "pending":
+            return f"the TFLite artifact of model v{version} (release {serial}) is being exported; ask again"
+        return f"no TFLite artifact for model v{version} (release {serial}): {state}"
+
+    def current(self) -> dict:
+        """The signed TFLite release of the promoted version (queues one when the head is not it)."""
+        promoted = self.fed.promoted_version()
+        with self._lock:
+            head = self._index.get("head")
+            if head is None or head["version"] != promoted or (
+                    self._signed(head["serial"]) is None and head["serial"] not in self._state):
+                self.on_change(promoted)  # first start (v0), or a head lost across a restart
+                head = self._index["head"]
+        doc = self._signed(head["serial"])
+        if doc is None:
+            raise Conflict(self._reason(head["serial"], head["version"]))
+        return doc
+
+    def for_version(self, version: int) -> dict:
+        """The latest signed TFLite release of `version` (any serial)."""
+        for serial in range(int(self._index["serial"]), 0, -1):
+            doc = self._signed(serial)
+            if doc is not None and doc["manifest"]["version"] == version:
+                return doc
+        raise NotFound(f"model v{version} has no signed TFLite release")
+
+    def status(self) -> dict:
+        head = self._index.get("head")
+        return {"enabled": self.enabled, "exporter": tflite_export.exporter_missing() or "litert-torch",
+                "head": head, "state": None if head is None else
+                "signed" if self._signed(head["serial"]) else self._state.get(head["serial"], "unsigned"),
+                "max_abs_diff_limit_mgdl": tflite_export.MAX_ABS_DIFF_MGDL}
+
+
+def mount(app, fed, state_dir: Path, *, validation: Path | None = None) -> ReleaseArtifacts:  # noqa: ANN001
+    """Create the artifacts store, hook it on promotion/rollback, and add its routes to the FastAPI app."""
+    releases = ReleaseArtifacts(fed, Path(state_dir) / "releases", validation=validation)
+    fed.release_hooks.append(releases.on_change)
+    app.state.releases = releases
+
+    @app.get("/v1/releases/current/tflite", tags=["public"])
+    def current_tflite() -> dict:
+        return releases.current()
+
+    @app.get("/v1/models/{version}/release/tflite", tags=["public"])
+    def version_tflite(version: int) -> dict:
+        return releases.for_version(version)
+
+    @app.get("/v1/releases/tflite-status", tags=["public"])
+    def tflite_status() -> dict:
+        return releases.status()
+
+    return releases
