@@ -8,6 +8,7 @@ CKKS context, the current round, model versions, the release key and signed rele
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -20,13 +21,19 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from cloud import custody
+from cloud import custody, releases
 from cloud.audit import AuditLog
 from cloud.custodian import INSECURE_LABEL, Custodian
 from cloud.db import make_engine, make_sessionmaker
-from cloud.errors import CloudError, TooLarge
+from cloud.drift import DEFAULT_MIN_READINGS, DEFAULT_MIN_REFERENCE_HOURS, DEFAULT_THRESHOLD, DriftConfig
+from cloud.errors import BadRequest, CloudError, TooLarge
+from cloud.gates import load_gates
+from cloud.governance import ValidationSet
+from cloud.model_card import to_markdown
 from cloud.service import Federation, FederationConfig, Principal
 from federation import dp_accounting
+from federation.drift import DriftReport
+from federation.evaluation import EvaluationReport
 from federation.signing import load_or_create_key
 from federation.wire import (
     MAX_UPDATE_BYTES,
@@ -54,10 +61,18 @@ class CloudSettings:
     model_seed: int = 0
     tick_seconds: float = 0.5
     epsilon_cap: float | None = None
-    rmse_tolerance: float = 0.05
+    rmse_tolerance: float | None = None  # overrides the gates file's [accuracy] rmse30_max_regression
+    gates_file: Path | None = None  # promotion gates TOML (cloud/gates.py); None: cloud/gates.default.toml
+    validation_file: Path | None = None  # synthetic validation set (.npz, federation/evaluation.py)
+    drift_threshold: float = DEFAULT_THRESHOLD  # KL nats (cloud/drift.py)
+    drift_min_readings: int = DEFAULT_MIN_READINGS
+    drift_min_reference_hours: float = DEFAULT_MIN_REFERENCE_HOURS
 
 
 def build_federation(settings: CloudSettings) -> Federation:
+    gates = load_gates(settings.gates_file)
+    if settings.rmse_tolerance is not None:
+        gates = dataclasses.replace(gates, rmse30_max_regression=settings.rmse_tolerance)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     if settings.dev_insecure_custodian:
         custodian, sealed = Custodian.dev_unsealed(settings.state_dir), None
@@ -69,8 +84,12 @@ def build_federation(settings: CloudSettings) -> Federation:
                      audit=AuditLog.from_state_dir(settings.state_dir),
                      release_key=load_or_create_key(settings.state_dir / "release-key.pem"),
                      custodian=custodian, sealed=sealed, model_seed=settings.model_seed,
-                     config=FederationConfig(epsilon_cap=settings.epsilon_cap,
-                                             rmse_tolerance=settings.rmse_tolerance))
+                     config=FederationConfig(epsilon_cap=settings.epsilon_cap, gates=gates,
+                                             drift=DriftConfig(
+                                                 threshold=settings.drift_threshold,
+                                                 min_readings=settings.drift_min_readings,
+                                                 min_reference_hours=settings.drift_min_reference_hours)),
+                     validation=ValidationSet.load(settings.validation_file) if settings.validation_file else None)
     fed.bootstrap_admin(settings.admin_token)
     return fed
 
@@ -94,11 +113,13 @@ def create_app(settings: CloudSettings) -> FastAPI:
         yield
         task.cancel()
         warm.cancel()
+        _app.state.releases.close()
 
     app = FastAPI(title="wearfed aggregator", version="0.2.0", lifespan=lifespan,
                   description="Federated aggregation of CKKS-encrypted, signed, DP-SGD updates. Roles and "
                               "permissions: cloud/rbac.py; see docs/cloud.md.")
     app.state.federation = fed
+    releases.mount(app, fed, settings.state_dir)  # signed TFLite artifacts for devices (cloud/releases.py)
 
     def openapi() -> dict:
         """FastAPI's document, plus the submission body (read raw, to bound its size before parsing)."""
@@ -265,6 +286,47 @@ def create_app(settings: CloudSettings) -> FastAPI:
     @app.post("/v1/models/rollback", tags=["rounds"])
     def rollback(req: Decision, p: Annotated[Principal, Depends(require("model.rollback"))]) -> dict:
         return fed.rollback(p.name, req.reason)
+
+    # -- governance: evaluations, gates, model cards, drift (cloud/governance.py) --------------------
+    @app.get("/v1/models", tags=["governance"])
+    def list_models(_: Annotated[Principal, Depends(require("round.read"))]) -> list[dict]:
+        return fed.models()
+
+    @app.get("/v1/models/{version}/card", tags=["governance"])
+    def model_card(version: int, _: Annotated[Principal, Depends(require("round.read"))],
+                   format: str = "json") -> Response:  # noqa: A002 - the query parameter's public name
+        if format not in ("json", "md"):
+            raise BadRequest(f"format must be json or md, got {format!r}")
+        card = fed.model_card(version)
+        if format == "md":
+            return Response(to_markdown(card), media_type="text/markdown; charset=utf-8")
+        return JSONResponse(card)
+
+    @app.get("/v1/models/{version}/evaluations", tags=["governance"])
+    def model_evaluations(version: int, _: Annotated[Principal, Depends(require("round.read"))]) -> dict:
+        return fed.evaluations(version)
+
+    @app.post("/v1/models/{version}/evaluations", tags=["participants"])
+    def federated_evaluation(version: int, rep: EvaluationReport) -> dict:
+        """A participant's scores on its own held-out data (signed; only metrics leave the site)."""
+        return fed.record_federated_evaluation(version, rep)
+
+    @app.get("/v1/gates", tags=["governance"])
+    def gate_config(_: Annotated[Principal, Depends(require("round.read"))]) -> dict:
+        return fed.gate_config.as_dict()
+
+    @app.post("/v1/drift/reports", tags=["participants"])
+    def drift_report(rep: DriftReport) -> dict:
+        """A gateway's signed histogram of recent privatised telemetry (counts only)."""
+        return fed.record_drift(rep)
+
+    @app.get("/v1/drift", tags=["governance"])
+    def drift_status(_: Annotated[Principal, Depends(require("round.read"))]) -> dict:
+        return fed.drift_status()
+
+    @app.get("/v1/drift/alerts", tags=["governance"])
+    def drift_alerts(_: Annotated[Principal, Depends(require("round.read"))]) -> list[dict]:
+        return fed.drift_alerts()
 
     # -- ledgers ---------------------------------------------------------------------------------
     @app.get("/v1/audit/entries", tags=["audit"])

@@ -1,4 +1,5 @@
-"""`wearfed cloud ...` (serve, create-user, init-keys, unseal) and `wearfed audit verify`."""
+"""`wearfed cloud ...` (serve, create-user, init-keys, unseal, check-gates), `wearfed audit verify`; registers
+`wearfed model ...` (cloud/model_cli.py)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "(env WEARFED_ADMIN_TOKEN)")
     serve.add_argument("--epsilon-cap", type=float, default=None,
                        help="global per-participant cumulative epsilon cap (per window, at the declared delta)")
-    serve.add_argument("--rmse-tolerance", type=float, default=0.05,
-                       help="promotion gate: rmse30 may exceed the promoted model's by this fraction")
+    serve.add_argument("--rmse-tolerance", type=float, default=None,
+                       help="promotion gate: rmse30 may exceed the promoted model's by this fraction "
+                            "(overrides the gates file's [accuracy] rmse30_max_regression)")
+    serve.add_argument("--gates", type=Path, default=None,
+                       help="promotion gates TOML (docs/governance.md); default: the shipped cloud/gates.default.toml")
+    serve.add_argument("--validation", type=Path, default=None,
+                       help="synthetic validation set (.npz of x, y windows) the cloud scores every model on")
+    serve.add_argument("--drift-threshold", type=float, default=None,
+                       help="KL divergence (nats) of recent telemetry vs training above which a drift alert is "
+                            "raised (default: cloud/drift.py DEFAULT_THRESHOLD, measured in docs/governance.md)")
+    serve.add_argument("--drift-min-readings", type=int, default=None,
+                       help="drift reports with fewer readings are stored but not scored")
+    serve.add_argument("--drift-min-reference-hours", type=float, default=None,
+                       help="score drift only once the training reference covers this much reading time "
+                            "(default 24)")
     serve.add_argument("--dev-insecure-custodian", action="store_true",
                        help="INSECURE: keep the CKKS secret key unsealed on this host (demos and tests only)")
     serve.add_argument("--log-level", default="info")
@@ -54,6 +68,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     unseal.add_argument("--shares-file", type=Path, default=None,
                         help="read shares from this file (one per line) instead of prompting")
     unseal.set_defaults(func=_unseal)
+
+    gates = cloud_sub.add_parser("check-gates", help="validate a promotion gates TOML file and print it")
+    gates.add_argument("--gates", type=Path, default=None, help="the file (default: the shipped defaults)")
+    gates.set_defaults(func=_check_gates)
+
+    from cloud import model_cli
+
+    model_cli.register(sub)
 
     audit = sub.add_parser("audit", help="the cloud's audit ledger")
     audit_sub = audit.add_subparsers(dest="audit_cmd", required=True)
@@ -81,11 +103,30 @@ def _serve(args: argparse.Namespace) -> int:
     from federation.logs import setup_logging
 
     setup_logging(args.log_level, name="cloud")
+    from cloud.drift import DEFAULT_MIN_READINGS, DEFAULT_MIN_REFERENCE_HOURS, DEFAULT_THRESHOLD
+
     settings = CloudSettings(db_url=args.db, state_dir=args.state_dir, admin_token=args.admin_token,
                              dev_insecure_custodian=args.dev_insecure_custodian, epsilon_cap=args.epsilon_cap,
-                             rmse_tolerance=args.rmse_tolerance)
+                             rmse_tolerance=args.rmse_tolerance, gates_file=args.gates,
+                             validation_file=args.validation,
+                             drift_threshold=DEFAULT_THRESHOLD if args.drift_threshold is None
+                             else args.drift_threshold,
+                             drift_min_readings=DEFAULT_MIN_READINGS if args.drift_min_readings is None
+                             else args.drift_min_readings,
+                             drift_min_reference_hours=DEFAULT_MIN_REFERENCE_HOURS
+                             if args.drift_min_reference_hours is None else args.drift_min_reference_hours)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=10)
+    return 0
+
+
+def _check_gates(args: argparse.Namespace) -> int:
+    import json
+
+    from cloud.gates import DEFAULT_GATES_FILE, load_gates
+
+    cfg = load_gates(args.gates)  # ConfigError names the file and field (exit 2 via the umbrella CLI)
+    print(f"OK: {args.gates or DEFAULT_GATES_FILE}\n{json.dumps(cfg.as_dict(), indent=1)}")
     return 0
 
 

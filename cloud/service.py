@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
 
 from cloud import custody, rbac
 from cloud.audit import AuditLog
@@ -50,7 +50,10 @@ from cloud.db import (
     User,
     utcnow,
 )
+from cloud.drift import DriftConfig
 from cloud.errors import BadRequest, CloudError, Conflict, Forbidden, NotFound, Unauthorized, for_status
+from cloud.gates import GateConfig
+from cloud.governance import GovernanceMixin, ValidationSet
 from cloud.privacy import PrivacyViolation, check_report
 from federation import ckks, model
 from federation.errors import SignatureError
@@ -122,15 +125,16 @@ class Principal:
 @dataclass(frozen=True)
 class FederationConfig:
     epsilon_cap: float | None = None  # global per-participant cap; a participant's own cap overrides it
-    rmse_tolerance: float = 0.05  # a candidate's rmse30 may exceed the promoted model's by at most 5 %
     enroll_token_ttl_s: float = 7 * 86400
+    gates: GateConfig = GateConfig()  # promotion gates (cloud/gates.py; the shipped default file's values)
+    drift: DriftConfig = DriftConfig()
 
 
-class Federation:
+class Federation(GovernanceMixin):
     def __init__(self, sessions: sessionmaker, *, public_context_bytes: bytes, audit: AuditLog,
                  release_key: Ed25519PrivateKey, custodian: Custodian | None = None,
                  sealed: custody.Sealed | None = None, config: FederationConfig | None = None,
-                 model_seed: int = 0) -> None:
+                 model_seed: int = 0, validation: ValidationSet | None = None) -> None:
         self.sessions = sessions
         self.custodian = custodian
         self.sealed = sealed
@@ -139,10 +143,13 @@ class Federation:
         self.audit = audit
         self.release_key = release_key
         self.config = config or FederationConfig()
+        self.gate_config, self.drift_config, self.validation = self.config.gates, self.config.drift, validation
         self._lock = threading.RLock()
         self._shares: dict[int, tuple[str, str]] = {}  # share index -> (share, custodian user): in memory only
+        self.release_hooks: list = []  # callables(version) run after a promotion or rollback commits (releases.py)
         audit.pin_key(sessions)
         self._ensure_initial_model(model_seed)
+        self.validate_all()  # the cloud's own validation scores for any version that lacks them
 
     # -- helpers ---------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -366,7 +373,8 @@ class Federation:
             if r is None:
                 raise NotFound(f"round {round_id} does not exist")
             view = self._round_view(s, r)
-            ups = s.scalars(select(Update).where(Update.round_id == round_id).order_by(Update.participant)).all()
+            ups = s.scalars(select(Update).where(Update.round_id == round_id).order_by(Update.participant)
+                            .options(defer(Update.ciphertext))).all()  # the report never needs the ciphertexts
             view["updates"] = [{"participant": u.participant, "n_samples": u.n_samples,
                                 "dp": u.envelope["dp"], "bytes": u.bytes_received,
                                 "ciphertext_sha256": u.ciphertext_sha256} for u in ups]
@@ -515,7 +523,7 @@ class Federation:
                 r = s.get(Round, round_id)
                 if r is None or r.state != "collecting":
                     return
-                accepted = sorted(u.participant for u in s.scalars(select(Update).where(Update.round_id == round_id)))
+                accepted = sorted(s.scalars(select(Update.participant).where(Update.round_id == round_id)))
                 refused = [x.participant for x in s.scalars(select(Refusal).where(Refusal.round_id == round_id))]
                 # a participant halted at its privacy cap during the round will not answer: don't wait for it
                 halted = {p.id for p in s.scalars(select(Participant).where(Participant.halted.is_(True)))}
@@ -600,6 +608,7 @@ class Federation:
         weighted_delta = self.custodian.decrypt_aggregate(aggregate, updates=ledger, quorum=quorum,
                                                           accepted_hashes=accepted)
         new_weights = (base_weights + ckks.average_update(weighted_delta, total)).astype(np.float32)
+        validation_scores = self.score_on_validation(new_weights)  # before "completed": gates can count on it
         with self._tx() as s:
             r = s.get(Round, round_id)
             if r.state != "decrypting":  # another thread finished it
@@ -616,6 +625,9 @@ class Federation:
             r.result_model_version = version
             self._audit(s, "model.registered", "cloud", version=version, round=round_id, hash=h,
                         participants=contributors, n_samples=total, privacy=privacy)
+            s.flush()
+            self.store_validation(s, version, validation_scores)
+            self.snapshot_drift_baseline(s, r)
             self._transition(s, r, "completed", model_version=version)
         log.info("round %s completed: model v%s from %s", round_id, version, contributors)
 
@@ -658,28 +670,10 @@ class Federation:
         with self._tx() as s:
             r, m = self._round_with_model(s, round_id)
             m.metrics = dict(metrics)
+            self.record_posted(s, m.version, actor, dict(metrics))
             r.evaluated_by = actor
             self._transition(s, r, "evaluated", actor, model_version=m.version, metrics=metrics)
             return self._round_view(s, r)
-
-    def gates(self, s: Session, r: Round, m: ModelVersion) -> list[str]:
-        """Reasons the candidate may not be promoted (empty: both gates pass)."""
-        failures = []
-        promoted = s.scalar(select(ModelVersion).where(ModelVersion.status == "promoted"))
-        cand = (m.metrics or {}).get("rmse30")
-        if cand is None:
-            failures.append("accuracy gate: no rmse30 was posted for the candidate")
-        elif promoted is not None and promoted.metrics and promoted.metrics.get("rmse30") is not None:
-            limit = promoted.metrics["rmse30"] * (1 + self.config.rmse_tolerance)
-            if cand > limit:
-                failures.append(f"accuracy gate: rmse30 {cand:.3f} regresses beyond {limit:.3f} (promoted "
-                                f"v{promoted.version} {promoted.metrics['rmse30']:.3f} + "
-                                f"{self.config.rmse_tolerance:.0%})")
-        for sp in s.scalars(select(PrivacySpend).where(PrivacySpend.round_id == r.id)):
-            if sp.cap is not None and sp.epsilon_recomputed > sp.cap:
-                failures.append(f"privacy gate: {sp.participant} spent epsilon {sp.epsilon_recomputed:.4f} "
-                                f"> cap {sp.cap} (delta {sp.delta}, per window, {sp.accountant})")
-        return failures
 
     def approve(self, actor: str, round_id: int) -> dict:
         return self._audited("promotion.blocked", actor, lambda: self._approve(actor, round_id),
@@ -692,12 +686,12 @@ class Federation:
                 raise Forbidden(f"segregation of duties: {actor} opened round {round_id} and may not approve it")
             if r.state != "evaluated":
                 raise Conflict(f"round {round_id} is {r.state}; only an evaluated round can be approved")
-            failures = self.gates(s, r, m)
-            if failures:
-                raise Conflict("; ".join(failures))
-            r.approved_by = actor
-            self._transition(s, r, "staged", actor, model_version=m.version, gates="passed")
-            return self._round_view(s, r)
+            failed = self._record_gates(s, m.version, "approve", actor, self.check_gates(s, r, m))
+            if not failed:
+                r.approved_by = actor
+                self._transition(s, r, "staged", actor, model_version=m.version, gates="passed")
+                return self._round_view(s, r)
+        raise Conflict("; ".join(f.message for f in failed))  # the gate check above is committed and audited
 
     def reject(self, actor: str, round_id: int, reason: str) -> dict:
         return self._audited("round.rejected", actor, lambda: self._reject(actor, round_id, reason),
@@ -711,8 +705,19 @@ class Federation:
             return self._round_view(s, r)
 
     def promote(self, actor: str, round_id: int) -> dict:
-        return self._audited("promotion.blocked", actor, lambda: self._promote(actor, round_id),
+        view = self._audited("promotion.blocked", actor, lambda: self._promote(actor, round_id),
                              action="model.promote", round=round_id)
+        self._release_changed()
+        return view
+
+    def _release_changed(self) -> None:
+        """Tell the release hooks (TFLite export, cloud/releases.py) which version is now promoted."""
+        version = self.promoted_version()
+        for hook in self.release_hooks:
+            try:
+                hook(version)
+            except Exception:  # a failing hook must not undo a committed promotion
+                log.exception("release hook failed for v%s", version)
 
     def _promote(self, actor: str, round_id: int) -> dict:
         with self._tx() as s:
@@ -721,18 +726,18 @@ class Federation:
                 raise Forbidden(f"segregation of duties: {actor} opened round {round_id} and may not promote it")
             if r.state != "staged" or not r.approved_by:
                 raise Conflict(f"round {round_id} is {r.state}: promotion needs a compliance officer's approval")
-            failures = self.gates(s, r, m)
-            if failures:
-                raise Conflict("; ".join(failures))
-            old = s.scalar(select(ModelVersion).where(ModelVersion.status == "promoted"))
-            if old is not None:
-                old.status = "retired"
-            m.status, m.replaced_version, r.decided_by = "promoted", old.version if old else None, actor
-            self._set_setting(s, ROLLBACK_SETTING, str(m.version))
-            self._audit(s, "model.promoted", actor, version=m.version, hash=m.hash, round=round_id,
-                        replaced=m.replaced_version, approved_by=r.approved_by, metrics=m.metrics)
-            self._transition(s, r, "promoted", actor, model_version=m.version)
-            return self._round_view(s, r)
+            failed = self._record_gates(s, m.version, "promote", actor, self.check_gates(s, r, m))
+            if not failed:
+                old = s.scalar(select(ModelVersion).where(ModelVersion.status == "promoted"))
+                if old is not None:
+                    old.status = "retired"
+                m.status, m.replaced_version, r.decided_by = "promoted", old.version if old else None, actor
+                self._set_setting(s, ROLLBACK_SETTING, str(m.version))
+                self._audit(s, "model.promoted", actor, version=m.version, hash=m.hash, round=round_id,
+                            replaced=m.replaced_version, approved_by=r.approved_by, metrics=m.metrics)
+                self._transition(s, r, "promoted", actor, model_version=m.version)
+                return self._round_view(s, r)
+        raise Conflict("; ".join(f.message for f in failed))  # the gate check above is committed and audited
 
     @staticmethod
     def _set_setting(s: Session, key: str, value: str) -> None:
@@ -743,8 +748,10 @@ class Federation:
             row.value = value
 
     def rollback(self, actor: str, reason: str) -> dict:
-        return self._audited("rollback.rejected", actor, lambda: self._rollback(actor, reason),
-                             action="model.rollback")
+        out = self._audited("rollback.rejected", actor, lambda: self._rollback(actor, reason),
+                            action="model.rollback")
+        self._release_changed()
+        return out
 
     def _rollback(self, actor: str, reason: str) -> dict:
         with self._tx() as s:

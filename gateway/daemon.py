@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from federation.windows import NO_DENOISE, Denoise, windows_from_series
+from gateway.drift import DEFAULT_DRIFT, DriftReporter, DriftSettings
 from gateway.ingest import DEFAULT_MAX_FUTURE_S, ingest_forever
 from gateway.node import NodeConfig, ParticipantNode
 from gateway.registry import DeviceRegistry
@@ -83,15 +84,18 @@ async def stop_node(node_task: asyncio.Task, node: ParticipantNode) -> None:
         log.exception("participant loop failed")
 
 
-async def run_gateway(cfg: NodeConfig, ingest_cfg: IngestConfig, *, denoise: Denoise = NO_DENOISE) -> None:
-    """Ingest plus the participant loop (train, submit, relay new models) until SIGTERM."""
+async def run_gateway(cfg: NodeConfig, ingest_cfg: IngestConfig, *, denoise: Denoise = NO_DENOISE,
+                      drift: DriftSettings | None = DEFAULT_DRIFT) -> None:
+    """Ingest plus the participant loop (train, submit, relay new models) and drift reports until SIGTERM."""
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     store = ReadingStore(cfg.state_dir / "readings.sqlite")
     relay = ModelRelay(cfg.participant_id, cfg.state_dir, host=ingest_cfg.broker_host, port=ingest_cfg.broker_port,
                        username=ingest_cfg.username, password=ingest_cfg.password,
                        release_key=ingest_cfg.release_key)
     node = ParticipantNode(cfg, lambda cutoff: store_windows(store, cutoff, denoise), on_round=relay.after_round)
-    await _serve(cfg.participant_id, cfg.state_dir, ingest_cfg, store, node=node, relay=relay)
+    reporter = None if drift is None else DriftReporter(cfg.participant_id, node.key, cfg.state_dir / "readings.sqlite",
+                                                        cfg.state_dir, drift)
+    await _serve(cfg.participant_id, cfg.state_dir, ingest_cfg, store, node=node, relay=relay, drift=reporter)
 
 
 async def run_ingest(gateway: str, state_dir: Path, ingest_cfg: IngestConfig) -> None:
@@ -101,7 +105,7 @@ async def run_ingest(gateway: str, state_dir: Path, ingest_cfg: IngestConfig) ->
 
 
 async def _serve(gateway: str, state_dir: Path, ingest_cfg: IngestConfig, store: ReadingStore, *,
-                 node: ParticipantNode | None, relay: ModelRelay | None) -> None:
+                 node: ParticipantNode | None, relay: ModelRelay | None, drift: DriftReporter | None = None) -> None:
     registry = open_registry(state_dir, ingest_cfg.devices_file)
     stop = asyncio.Event()
     install_stop_signals(stop)
@@ -113,7 +117,7 @@ async def _serve(gateway: str, state_dir: Path, ingest_cfg: IngestConfig, store:
     def status() -> dict:
         return {"updated": time.time(), "kind": "gateway", "pid": os.getpid(), "subscribed": subscribed.is_set(),
                 "registry_devices": None if registry.open else len(registry), **store.counts(),
-                **node_status(node), **(relay.status() if relay else {})}
+                **node_status(node), **(relay.status() if relay else {}), **(drift.status() if drift else {})}
 
     async def report() -> None:
         while True:
@@ -122,13 +126,15 @@ async def _serve(gateway: str, state_dir: Path, ingest_cfg: IngestConfig, store:
 
     reporter = asyncio.create_task(report())
     node_task = asyncio.create_task(node.run(stop)) if node else None
+    drift_task = asyncio.create_task(drift.run(node, stop)) if drift and node else None
     await stop.wait()
     log.info("gateway %s stopping", gateway)
     if node_task is not None:
         await stop_node(node_task, node)
-    for task in (ingest, reporter):
+    tasks = [t for t in (ingest, reporter, drift_task) if t is not None]
+    for task in tasks:
         task.cancel()
-    for task in (ingest, reporter):
+    for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     write_json_atomic(state_dir / "status.json", {**status(), "stopped": True})

@@ -1,22 +1,32 @@
 """`wearfed hospital run --data PATH`: the same participant loop, trained on local clinical CGM traces.
 
-The data file is a CSV with a header `patient,time,glucose` (time in unix seconds, glucose in mg/dL).
+The data file is a CSV with a header `patient,time,glucose` (time in unix seconds, glucose in mg/dL). With
+`--eval-holdout-patients K` the last K patients (by id) never enter training: they are the hospital's local
+held-out set for federated evaluation. Each new candidate model a round produces is fetched, scored on those
+patients (`federation.evaluation.score_windows`) and only the scores are posted, signed with the node's key
+(POST /v1/models/{version}/evaluations). Versions already scored are remembered in `evaluated.json`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import csv
+import json
 import logging
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from federation.errors import SchemaError
+from federation.evaluation import EVALUATION_DOMAIN, score_windows
+from federation.signing import sign
 from federation.windows import windows_from_series
+from gateway.cloud_client import CloudClient, CloudRejected
 from gateway.daemon import install_stop_signals, stop_node, write_json_atomic
 from gateway.node import NodeConfig, ParticipantNode
 
@@ -52,14 +62,75 @@ def write_clinical_csv(path: Path, series: dict[str, tuple[np.ndarray, np.ndarra
             w.writerows((patient, int(t), round(float(v), 1)) for t, v in zip(times, values, strict=True))
 
 
-async def run_hospital(cfg: NodeConfig, data: Path) -> None:
-    """Take part in rounds on the clinical traces until SIGTERM; `status.json` in the state dir every second."""
-    series = load_clinical_csv(data)
+def split_holdout(series: dict[str, tuple[np.ndarray, np.ndarray]], holdout: int
+                  ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """(training, held-out) patients: the last `holdout` patient ids are held out; at least one trains."""
+    if holdout < 0 or (holdout and holdout >= len(series)):
+        raise SchemaError(f"--eval-holdout-patients {holdout}: must be 0..{len(series) - 1} "
+                          f"(this file has {len(series)} patients)")
+    ids = sorted(series)
+    held = set(ids[len(ids) - holdout:]) if holdout else set()
+    return ({p: v for p, v in series.items() if p not in held}, {p: v for p, v in series.items() if p in held})
+
+
+class FederatedEvaluator:
+    """Round hook: score each new candidate on the local held-out windows and post the signed scores."""
+
+    STATES = ("completed", "evaluated", "staged", "promoted")
+
+    def __init__(self, participant_id: str, key: Ed25519PrivateKey, x: np.ndarray, y: np.ndarray,
+                 state_dir: Path) -> None:
+        self.participant_id, self.key, self.x, self.y = participant_id, key, x, y
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / "evaluated.json"
+        self.done: dict[str, str] = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    async def __call__(self, rnd: dict, cloud: CloudClient) -> None:
+        version = rnd.get("result_model_version")
+        if version is None or rnd.get("state") not in self.STATES or str(version) in self.done:
+            return
+        model = (await cloud.request("GET", f"/v1/models/{version}")).json()
+        weights = np.frombuffer(base64.b64decode(model["weights"]), dtype=np.float32)
+        try:
+            scores = await asyncio.to_thread(score_windows, weights, self.x, self.y)
+        except SchemaError as exc:
+            self._remember(version, f"not scored: {exc}")
+            log.error("%s: model v%s not evaluated: %s", self.participant_id, version, exc)
+            return
+        doc = {"participant": self.participant_id, "model_version": version, "model_hash": model["hash"],
+               "metrics": scores}
+        try:
+            await cloud.request("POST", f"/v1/models/{version}/evaluations",
+                                json={**doc, "signature": sign(self.key, doc, domain=EVALUATION_DOMAIN)})
+        except CloudRejected as exc:
+            self._remember(version, f"rejected: {exc.reason}")
+            log.error("%s: evaluation of v%s rejected: %s", self.participant_id, version, exc)
+            return
+        self._remember(version, "posted")
+        log.info("%s: evaluated v%s on %d local held-out windows: rmse30 %.2f", self.participant_id, version,
+                 len(self.x), scores["rmse30"])
+
+    def _remember(self, version: int, outcome: str) -> None:
+        self.done[str(version)] = outcome
+        write_json_atomic(self.path, self.done)
+
+
+async def run_hospital(cfg: NodeConfig, data: Path, *, eval_holdout: int = 0) -> None:
+    """Take part in rounds on the clinical traces until SIGTERM; `status.json` in the state dir every second.
+
+    With `eval_holdout` > 0, that many patients are kept out of training and score every candidate model.
+    """
+    series, held = split_holdout(load_clinical_csv(data), eval_holdout)
     x, y = windows_from_series(series.values())
     log.info("hospital %s: %d patients, %d windows from %s", cfg.participant_id, len(series), len(x), data)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     # Clinical data is historical: every window is available to every round.
     node = ParticipantNode(cfg, lambda _cutoff: (x, y))
+    if held:
+        hx, hy = windows_from_series(held.values())
+        node.on_round = FederatedEvaluator(cfg.participant_id, node.key, hx, hy, cfg.state_dir)
+        log.info("hospital %s: %d held-out patients, %d windows for federated evaluation", cfg.participant_id,
+                 len(held), len(hx))
     stop = asyncio.Event()
     install_stop_signals(stop)
 

@@ -59,12 +59,23 @@ ENDPOINTS = [
     ("GET", "/v1/privacy/ledger", "privacy.read", None),
     ("GET", "/v1/privacy/alerts", "alerts.read", None),
     ("POST", "/v1/custodian/unseal", "custodian.unseal", lambda: {"share": "wfshare1-0-1-00-00000000"}),
+    # governance (cloud/governance.py): staff who may read rounds may read these
+    ("GET", "/v1/models", "round.read", None),
+    ("GET", "/v1/models/0/card", "round.read", None),
+    ("GET", "/v1/models/0/evaluations", "round.read", None),
+    ("GET", "/v1/gates", "round.read", None),
+    ("GET", "/v1/drift", "round.read", None),
+    ("GET", "/v1/drift/alerts", "round.read", None),
 ]
 PUBLIC = {("GET", "/healthz"), ("GET", "/v1/context"), ("GET", "/v1/rounds/current"), ("GET", "/v1/models/latest"),
           ("GET", "/v1/models/promoted"), ("GET", "/v1/models/{version}"), ("GET", "/v1/release-key"),
-          ("GET", "/v1/releases/current"), ("GET", "/v1/models/{version}/release"), ("GET", "/v1/custodian")}
+          ("GET", "/v1/releases/current"), ("GET", "/v1/models/{version}/release"), ("GET", "/v1/custodian"),
+          # signed TFLite artifacts for devices (cloud/releases.py)
+          ("GET", "/v1/releases/current/tflite"), ("GET", "/v1/models/{version}/release/tflite"),
+          ("GET", "/v1/releases/tflite-status")}
 SIGNED = {("POST", "/v1/participants"), ("POST", "/v1/rounds/{round_id}/updates"),
-          ("POST", "/v1/rounds/{round_id}/refusals")}
+          ("POST", "/v1/rounds/{round_id}/refusals"), ("POST", "/v1/models/{version}/evaluations"),
+          ("POST", "/v1/drift/reports")}
 
 
 def test_permission_table_matches_the_hand_written_list() -> None:
@@ -86,7 +97,8 @@ def test_every_route_is_classified(cloud) -> None:  # noqa: ANN001
 
 
 def _template(path: str) -> str:
-    return (path.replace("/99", "/{round_id}").replace("/gw-none/", "/{pid}/").replace("/proof/0", "/proof/{seq}"))
+    return (path.replace("/99", "/{round_id}").replace("/gw-none/", "/{pid}/").replace("/proof/0", "/proof/{seq}")
+            .replace("/models/0/", "/models/{version}/"))
 
 
 @pytest.mark.parametrize("role", rbac.ROLES)
