@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from device.errors import DeviceError
+
+log = logging.getLogger(__name__)
 
 CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 1, 2, 3, 4, 8, 9, 12, 13, 14
 CONNACK_REASONS = {1: "unacceptable protocol version", 2: "client identifier rejected", 3: "server unavailable",
@@ -234,7 +237,10 @@ class LiteClient:
             (pid,) = struct.unpack_from("!H", body, at)
             at += 2
         if self.on_message is not None:
-            self.on_message(topic, body[at:])
+            try:
+                self.on_message(topic, body[at:])
+            except Exception:  # a handler bug must not take the connection (and the readings) down with it
+                log.exception("message handler failed on %s", topic)
         if pid is not None:  # acknowledged after the handler ran: a crash in between means a redelivery
             with contextlib.suppress(MqttError):
                 self._write(_packet(PUBACK, 0, struct.pack("!H", pid)))

@@ -21,7 +21,6 @@ it (`device.inference`); its status carries the loaded version, refusals by reas
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -30,12 +29,12 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiomqtt
 import numpy as np
 
 from device.inference import DEFAULT_ALERT_CONFIDENCE, AlertMonitor
 from device.ldp import LDPSpec, privatize
 from device.model_client import ModelClient, model_topic
+from device.mqtt_lite import LiteClient, MqttError, Will
 from device.odometer import PrivacyOdometer, utc_day
 from device.profiles import Profile
 from device.sensor import SENSOR_RANGE, stable_seed, synthetic_trace
@@ -61,12 +60,14 @@ class Broker:
     cert_file: Path | None = None  # optional client certificate (mutual TLS)
     key_file: Path | None = None
 
-    def tls_params(self) -> aiomqtt.TLSParameters | None:
+    def tls_context(self) -> ssl.SSLContext | None:
+        """TLS verifying the broker against `ca_file` (and presenting a client certificate if given), else None."""
         if self.ca_file is None:
             return None
-        return aiomqtt.TLSParameters(ca_certs=str(self.ca_file), certfile=str(self.cert_file or "") or None,
-                                     keyfile=str(self.key_file or "") or None, cert_reqs=ssl.CERT_REQUIRED,
-                                     tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file))
+        if self.cert_file is not None:
+            ctx.load_cert_chain(str(self.cert_file), str(self.key_file) if self.key_file else None)
+        return ctx
 
 
 @dataclass(frozen=True)
@@ -292,11 +293,12 @@ async def _sample(dev: _Device, times: np.ndarray, raw: np.ndarray, released: np
     dev.wake.set()
 
 
-def _client(cfg: DeviceConfig, broker: Broker, will_topic: str) -> aiomqtt.Client:
-    will = aiomqtt.Will(will_topic, json.dumps({"state": "offline"}).encode(), qos=1, retain=True)
-    return aiomqtt.Client(broker.host, broker.port, identifier=cfg.device_id,
-                          username=cfg.username or broker.username, password=cfg.password or broker.password,
-                          clean_session=False, will=will, timeout=10, keepalive=60, tls_params=broker.tls_params())
+def _client(cfg: DeviceConfig, broker: Broker, will_topic: str, dev: _Device) -> LiteClient:
+    will = Will(will_topic, json.dumps({"state": "offline"}).encode(), qos=1, retain=True)
+    on_message = (lambda _topic, payload: dev.on_model(payload)) if dev.models is not None else None
+    return LiteClient(broker.host, broker.port, client_id=cfg.device_id, username=cfg.username or broker.username,
+                      password=cfg.password or broker.password, clean_session=False, will=will, timeout=10,
+                      keepalive=60, tls=broker.tls_context(), on_message=on_message)
 
 
 def _status_key(doc: dict) -> dict:
@@ -305,16 +307,6 @@ def _status_key(doc: dict) -> dict:
     if not isinstance(alerts, dict):
         return doc
     return {**doc, "alerts": {k: v for k, v in alerts.items() if k != "forecasts"}}
-
-
-async def _receive_models(client: aiomqtt.Client, dev: _Device) -> None:
-    """Feed every message on the model topic (the retained one first) to the device's model client."""
-    try:
-        async for message in client.messages:
-            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-            dev.on_model(payload)
-    except aiomqtt.MqttError:
-        return  # the connection dropped: the publisher reconnects and subscribes again
 
 
 async def _publish(dev: _Device, broker: Broker, header: LDPHeader) -> None:
@@ -327,12 +319,10 @@ async def _publish(dev: _Device, broker: Broker, header: LDPHeader) -> None:
     while True:
         sent_status: dict | None = None
         try:
-            async with _client(cfg, broker, status) as client, contextlib.AsyncExitStack() as stack:
+            async with _client(cfg, broker, status, dev) as client:
                 backoff = BACKOFF_MIN_S
-                if dev.models is not None:
+                if dev.models is not None:  # releases (the retained one first) go to dev.on_model
                     await client.subscribe(model_topic(cfg.gateway), qos=1)
-                    receiver = asyncio.create_task(_receive_models(client, dev))
-                    stack.callback(receiver.cancel)
                 while True:
                     doc = dev.status_doc()
                     if _status_key(doc) != sent_status:  # not re-sent for the forecast counter alone
@@ -363,7 +353,7 @@ async def _publish(dev: _Device, broker: Broker, header: LDPHeader) -> None:
                     q.ack([r.seq for r in rows], energy_uj=energy)
                     stats.published += len(rows)
                     stats.buffered = len(q)
-        except aiomqtt.MqttError as exc:
+        except MqttError as exc:
             if dev.stopped:
                 return  # flat battery: no radio left to retry with
             stats.reconnects += 1
