@@ -1,5 +1,7 @@
 """Signed TFLite releases of the promoted model: exported in the background at promotion, re-signed at rollback.
 
+Conversion runs in one child process (spawned on first use), so it never competes with the API for the GIL.
+
 Every promotion and every rollback (hooks on `Federation`) takes the next release serial and queues one job on
 a single worker thread: export the version with `cloud.tflite_export` (or reuse its cached file), check the
 LiteRT/torch agreement, calibrate, and sign a `federation.release.TFLiteManifest` with the release key.
@@ -19,9 +21,11 @@ import base64
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +57,7 @@ class ReleaseArtifacts:
         self.enabled = enabled if enabled is not None else os.environ.get(EXPORT_ENV, "on").lower() != "off"
         self._lock = threading.RLock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tflite-export")
+        self._converter: ProcessPoolExecutor | None = None  # started on the first export
         self._state: dict[int, str] = {}  # serial -> "pending" or the reason it has no artifact
         index = self.dir / "index.json"
         self._index = json.loads(index.read_text()) if index.exists() else {"serial": 0, "head": None}
@@ -78,6 +83,20 @@ class ReleaseArtifacts:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._converter is not None:
+            self._converter.shutdown(wait=False, cancel_futures=True)
+
+    def _export(self, weights: np.ndarray, x: np.ndarray, y: np.ndarray) -> tflite_export.Export:
+        """Convert and check in a child process: litert-torch's import and conversion take seconds of CPU that
+        would otherwise hold this process's GIL while it serves rounds."""
+        if self._converter is None:
+            self._converter = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            return self._converter.submit(tflite_export.export_checked, weights, x, y,
+                                          tolerance=tflite_export.MAX_ABS_DIFF_MGDL).result()
+        except BrokenProcessPool:
+            self._converter = None  # the child died (killed, out of memory): a fresh one next time
+            raise
 
     # -- the job -----------------------------------------------------------------------------------
     def _job(self, serial: int, version: int) -> None:
@@ -103,7 +122,7 @@ class ReleaseArtifacts:
                 return f"no TFLite artifact: {missing}"
             x, y = tflite_export.load_validation(self.validation)
             try:
-                ex = tflite_export.export_checked(weights, x, y, tolerance=tflite_export.MAX_ABS_DIFF_MGDL)
+                ex = self._export(weights, x, y)
             except tflite_export.AgreementError as exc:
                 _write_json(refused, {"reason": f"refused: {exc}"})
                 self.fed.record("release.tflite_refused", "cloud", version=version, reason=str(exc))

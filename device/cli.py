@@ -51,6 +51,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alert-confidence", type=float, default=DEFAULT_ALERT_CONFIDENCE,
                    help="clinician-set threshold in (0, 1]: forecast alerts with a lower confidence are flagged "
                         f"for review instead (default {DEFAULT_ALERT_CONFIDENCE}; see docs/release.md)")
+    p.add_argument("--linger", action="store_true",
+                   help="forecaster devices (hubs) stay connected after their trace, receiving model releases and "
+                        "reporting status, until SIGTERM")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -190,7 +193,8 @@ def _run_device(args: argparse.Namespace) -> int:
                        daily_cap=args.daily_cap, batch_size=args.batch_size, sensor_age_s=args.sensor_age,
                        odometer_block=args.odometer_block, trace_file=args.traces,
                        username=c.get("username"), password=c.get("password"),
-                       release_key=_release_key(args.release_key), alert_confidence=args.alert_confidence)
+                       release_key=_release_key(args.release_key), alert_confidence=args.alert_confidence,
+                       linger=args.linger)
     stats = asyncio.run(run_fleet([cfg], clock, broker, state_dir=state_dir, status_path=args.status_file))
     return 1 if any(s.errors for s in stats.values()) else 0
 
@@ -210,7 +214,7 @@ def _run_fleet(args: argparse.Namespace) -> int:
                             daily_cap=args.daily_cap, batch_size=args.batch_size, credentials=creds,
                             odometer_block=args.odometer_block, random_sensor_age=args.stagger_sensors,
                             trace_file=args.traces, release_key=_release_key(args.release_key),
-                            alert_confidence=args.alert_confidence)
+                            alert_confidence=args.alert_confidence, linger=args.linger)
     if args.shard is not None:
         configs = configs[args.shard::args.workers]
     stats = asyncio.run(run_fleet(configs, clock, broker, state_dir=state_dir, status_path=args.status_file,

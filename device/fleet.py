@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,7 +29,7 @@ def fleet_configs(*, gateways: list[str], devices_per_gateway: int, seed: int, d
                   credentials: dict[str, dict[str, str]] | None = None,
                   odometer_block: int = 12, random_sensor_age: bool = False,
                   trace_file: Path | None = None, release_key: str | None = None,
-                  alert_confidence: float = DEFAULT_ALERT_CONFIDENCE) -> list[DeviceConfig]:
+                  alert_confidence: float = DEFAULT_ALERT_CONFIDENCE, linger: bool = False) -> list[DeviceConfig]:
     """Device ids are ``<gateway>-devNNN``; `credentials` maps a device id to its username and password.
 
     With a profile that runs the forecaster, every device pins `release_key` (the cloud's release public key)
@@ -44,7 +46,7 @@ def fleet_configs(*, gateways: list[str], devices_per_gateway: int, seed: int, d
                                     batch_size=batch_size, username=c.get("username"), password=c.get("password"),
                                     odometer_block=odometer_block, random_sensor_age=random_sensor_age,
                                     trace_file=trace_file, release_key=release_key,
-                                    alert_confidence=alert_confidence))
+                                    alert_confidence=alert_confidence, linger=linger))
     return out
 
 
@@ -96,6 +98,13 @@ def run_shards(argv: list[str], *, workers: int, state_dir: Path, wall_start: fl
         cmd = [sys.executable, "-m", "federation.cli", *argv, "--shard", str(i), "--wall-start", str(wall_start),
                "--state-dir", str(state_dir / f"shard-{i}"), "--status-file", str(shard_status)]
         procs.append(subprocess.Popen(cmd))
+
+    def forward(signum: int, _frame: object) -> None:  # SIGTERM: every shard stops gracefully, then the parent
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
     try:
         while any(p.poll() is None for p in procs):
             if status_path:
@@ -154,22 +163,39 @@ async def run_fleet(configs: list[DeviceConfig], clock: SimClock, broker: Broker
             await asyncio.sleep(1.0)
 
     reporter = asyncio.create_task(report())
-    tasks = []
+    tasks: list[asyncio.Task] = []
+    stopping = False
+
+    def stop() -> None:  # SIGTERM: devices stop where they are; the spool keeps what was not acknowledged
+        nonlocal stopping
+        stopping = True
+        for t in tasks:
+            t.cancel()
+
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not in the main thread: no handler
+        loop.add_signal_handler(signal.SIGTERM, stop)
     try:
         for i, cfg in enumerate(configs):
+            if stopping:
+                break
             tasks.append(asyncio.create_task(run_device(cfg, clock, broker, stats[cfg.device_id], spool=spool,
                                                         state_dir=state_dir)))
             if (i + 1) % max(1, int(connect_rate / 10)) == 0:
                 await asyncio.sleep(0.1)
         results = await asyncio.gather(*tasks, return_exceptions=True)
     finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
         reporter.cancel()
         for t in tasks:
             t.cancel()
         committer.cancel()
         await asyncio.gather(committer, return_exceptions=True)
         spool.close()
-    for cfg, res in zip(configs, results, strict=True):
+    for cfg, res in zip(configs, results, strict=False):
+        if isinstance(res, asyncio.CancelledError) and stopping:
+            continue
         if isinstance(res, BaseException):
             stats[cfg.device_id].errors.append(repr(res))
             log.error("device %s stopped: %r", cfg.device_id, res)

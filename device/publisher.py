@@ -89,6 +89,7 @@ class DeviceConfig:
     trace_file: Path | None = None  # replay this device's trace from a file instead of the synthetic generator
     release_key: str | None = None  # the cloud's release public key (base64 Ed25519), pinned for model releases
     alert_confidence: float = DEFAULT_ALERT_CONFIDENCE  # below it a forecast alert is flagged for review instead
+    linger: bool = False  # a forecaster device stays connected after its trace (releases, status) until stopped
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alert_confidence <= 1.0:
@@ -333,9 +334,15 @@ async def _publish(dev: _Device, broker: Broker, header: LDPHeader) -> None:
                     rows = q.peek(batch_size)
                     if not rows:
                         if dev.sampling_done and len(q) == 0:
-                            dev.set_status("done")
-                            await client.publish(status, json.dumps(dev.status_doc()).encode(), qos=1, retain=True)
-                            return
+                            if cfg.linger and dev.models is not None:  # a hub: keep taking releases until stopped
+                                if dev.status.get("state") != "done":
+                                    dev.set_status("done")
+                                    continue  # the status goes out at the top of the loop
+                            else:
+                                dev.set_status("done")
+                                await client.publish(status, json.dumps(dev.status_doc()).encode(), qos=1,
+                                                     retain=True)
+                                return
                         dev.wake.clear()
                         await dev.wake.wait()
                         continue
