@@ -1,29 +1,33 @@
-"""DP-SGD overhead: one epoch of plain torch vs Opacus DP-SGD on the same model and the same windows, same run.
+"""DP-SGD overhead: one epoch of plain torch vs the gateway's DP-SGD on the same model and the same windows, same run.
 
 Plain: SGD with momentum, a shuffled pass in batches of 64 (`torch.randperm`, each batch gathered by tensor
-indexing). DP-SGD: the gateway's own code path (`gateway.trainer.make_private` + `run_steps` over a
-`gateway.dp_sampling.PoissonSampler`): Opacus per-sample gradients in `GRAD_SAMPLE_MODE`, flat clipping, Gaussian
-noise, Poisson sampling at an expected batch of 64, one epoch = 1/q steps, each batch gathered by the same tensor
-indexing as plain. Data feeding is therefore like for like; each side draws its batches (permutation, or Binomial
-size + uniform subset) inside the timed epoch. One thread; each variant is timed `--reps` times, interleaved, and the
-fastest epoch of each is compared. Times are CPU seconds of this process (`time.process_time`), so other load on a
-shared machine does not leak into the ratio.
+indexing). DP-SGD: the gateway's own default code path (`gateway.trainer.make_private` with `DPConfig()`'s
+`per_sample`, + `run_steps` over a `gateway.dp_sampling.PoissonSampler`): per-sample clipping by book-keeping
+(`gateway.bk_clipping`), flat clipping, Opacus' Gaussian noise, Poisson sampling at an expected batch of 64, one
+epoch = 1/q steps, each batch gathered by the same tensor indexing as plain. Data feeding is therefore like for
+like; each side draws its batches (permutation, or Binomial size + uniform subset) inside the timed epoch. One
+thread; each variant is timed `--reps` times, interleaved, and the fastest epoch of each is compared. Times are
+CPU seconds of this process (`time.process_time`), so other load on a shared machine does not leak into the ratio.
 
-Printed alongside, for reference: Opacus' other per-sample gradient modes on the gateway path, plain torch fed by a
+Printed alongside, for reference: the gateway path with `per_sample="opacus"` in Opacus' per-sample gradient modes
+(`opacus-ew` is the previous default; its ratio is also printed as a `dp_overhead_opacus:` line), plain torch fed by a
 DataLoader (per-sample collate), and the previous gateway path (`PrivacyEngine.make_private`: DPDataLoader with an
 N-long Bernoulli mask per step, stock per-parameter DPOptimizer).
 
     python -m bench.dp_overhead [--patients 20 --days 5 --reps 5 --modes ew,hooks] [--phases]
 
-`--phases` also splits one epoch of each side into batch drawing, zero_grad, forward + loss, backward,
-clip + noise (Opacus' `pre_step`) and the SGD update (a copy of the loops with a timer between phases).
+`--phases` also splits one epoch of plain, the default DP path and the Opacus ew path into batch drawing,
+zero_grad, forward + loss, backward, clip + noise (the DP optimizer's `pre_step`) and the SGD update (a copy of
+the loops with a timer between phases).
 
-Last line: `dp_overhead: plain_s=<t> dp_s=<t> ratio=<r> params=<n> windows=<n>`.
+Last two lines: `dp_overhead_opacus: plain_s=<t> dp_s=<t> ratio=<r> mode=ew` (reference) and
+`dp_overhead: plain_s=<t> dp_s=<t> ratio=<r> params=<n> windows=<n>` (the gateway's default path).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable
@@ -35,7 +39,7 @@ from federation import model
 from federation.clock import DEFAULT_SIM_START
 from federation.windows import windows_from_series
 from gateway.dp_sampling import PoissonSampler
-from gateway.trainer import GRAD_SAMPLE_MODE, DPConfig, make_private, plan_steps, run_steps
+from gateway.trainer import GRAD_SAMPLE_MODE, DPConfig, make_private, plan_steps, record_empty_batch, run_steps
 
 
 def plain_epoch(xt, yt, *, batch: int, seed: int) -> float:  # noqa: ANN001
@@ -74,14 +78,18 @@ def plain_dataloader_epoch(xt, yt, *, batch: int, seed: int) -> float:  # noqa: 
     return time.process_time() - t
 
 
-def dp_epoch(xt, yt, *, cfg: DPConfig, mode: str, seed: int) -> float:  # noqa: ANN001
+def dp_epoch(xt, yt, *, cfg: DPConfig, mode: str | None, seed: int) -> float:  # noqa: ANN001
+    """The gateway path: `mode` None is cfg's per-sample method, else per_sample="opacus" in that Opacus mode."""
     import torch
 
     torch.manual_seed(seed)
     net = model.to_torch(model.init_weights(seed=0))
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9)
     q, steps = plan_steps(len(xt), cfg=cfg, epochs=1)
-    net, opt = make_private(net, opt, cfg=cfg, n_samples=len(xt), grad_sample_mode=mode)
+    if mode is None:
+        net, opt = make_private(net, opt, cfg=cfg, n_samples=len(xt))
+    else:
+        net, opt = make_private(net, opt, cfg=cfg, n_samples=len(xt), grad_sample_mode=mode, per_sample="opacus")
     sampler = PoissonSampler(len(xt), sample_rate=q, steps=steps, seed=seed)
     net.train()
     t = time.process_time()
@@ -123,7 +131,7 @@ PHASES = ("batch", "zero_grad", "forward", "backward", "clip_noise", "update")
 
 
 def phase_epoch(xt, yt, *, cfg: DPConfig, dp: bool, seed: int) -> dict[str, float]:  # noqa: ANN001
-    """CPU seconds per phase over one epoch: plain (`dp=False`) or the gateway's DP-SGD path in GRAD_SAMPLE_MODE."""
+    """CPU seconds per phase over one epoch: plain (`dp=False`) or the gateway's DP-SGD path for `cfg`."""
     import torch
 
     torch.manual_seed(seed)
@@ -156,8 +164,7 @@ def phase_epoch(xt, yt, *, cfg: DPConfig, dp: bool, seed: int) -> dict[str, floa
         if loss is not None:
             loss.backward()
         else:
-            for p in opt.params:
-                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+            record_empty_batch(opt)
         t4 = clock()
         if dp:
             opt.pre_step()
@@ -171,9 +178,11 @@ def phase_epoch(xt, yt, *, cfg: DPConfig, dp: bool, seed: int) -> dict[str, floa
 
 def print_phases(xt, yt, *, cfg: DPConfig, reps: int) -> None:  # noqa: ANN001
     rows = {}
-    for name, dp in (("plain", False), (GRAD_SAMPLE_MODE, True)):
-        phase_epoch(xt[:512], yt[:512], cfg=cfg, dp=dp, seed=0)
-        runs = [phase_epoch(xt, yt, cfg=cfg, dp=dp, seed=r + 1) for r in range(reps)]
+    opacus = dataclasses.replace(cfg, per_sample="opacus")
+    for name, dp, c in (("plain", False, cfg), (f"gateway-{cfg.per_sample}", True, cfg),
+                        (f"opacus-{GRAD_SAMPLE_MODE}", True, opacus)):
+        phase_epoch(xt[:512], yt[:512], cfg=c, dp=dp, seed=0)
+        runs = [phase_epoch(xt, yt, cfg=c, dp=dp, seed=r + 1) for r in range(reps)]
         rows[name] = min(runs, key=lambda r: sum(r.values()))
     print("phases (CPU s/epoch, fastest epoch): " + " ".join(f"{k:>10}" for k in (*PHASES, "total")))
     for name, r in rows.items():
@@ -200,9 +209,11 @@ def main() -> None:
     xt, yt = torch.from_numpy(model.normalise(x)), torch.from_numpy(model.normalise(y))
     cfg = DPConfig(expected_batch_size=args.batch)
     modes = [GRAD_SAMPLE_MODE] + [m for m in args.modes.split(",") if m and m != GRAD_SAMPLE_MODE]
+    default = f"gateway-{cfg.per_sample}"
     runs: dict[str, Callable[[object, object, int], float]] = {
         "plain": lambda a, b, s: plain_epoch(a, b, batch=args.batch, seed=s),
-        **{m: (lambda a, b, s, m=m: dp_epoch(a, b, cfg=cfg, mode=m, seed=s)) for m in modes},
+        default: lambda a, b, s: dp_epoch(a, b, cfg=cfg, mode=None, seed=s),
+        **{f"opacus-{m}": (lambda a, b, s, m=m: dp_epoch(a, b, cfg=cfg, mode=m, seed=s)) for m in modes},
     }
     if not args.no_reference:
         runs["plain_dataloader"] = lambda a, b, s: plain_dataloader_epoch(a, b, batch=args.batch, seed=s)
@@ -220,7 +231,10 @@ def main() -> None:
         print(f"  {k:>16}: {v:.3f} s/epoch" + ("" if k == "plain" else f"  ({v / best['plain']:.2f}x plain)"))
     if args.phases:
         print_phases(xt, yt, cfg=cfg, reps=args.reps)
-    dp = best[GRAD_SAMPLE_MODE]
+    ref = best[f"opacus-{GRAD_SAMPLE_MODE}"]
+    print(f"dp_overhead_opacus: plain_s={best['plain']:.3f} dp_s={ref:.3f} ratio={ref / best['plain']:.2f} "
+          f"mode={GRAD_SAMPLE_MODE}")
+    dp = best[default]
     print(f"dp_overhead: plain_s={best['plain']:.3f} dp_s={dp:.3f} ratio={dp / best['plain']:.2f} "
           f"params={model.N_PARAMS} windows={len(x)}")
 

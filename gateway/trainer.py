@@ -1,4 +1,5 @@
-"""DP-SGD training of the shared forecaster with Opacus: per-sample clipping, Gaussian noise, Poisson sampling."""
+"""DP-SGD training of the shared forecaster: per-sample clipping (book-keeping or Opacus), Opacus' Gaussian noise and
+accountant, exact Poisson sampling."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from gateway.dp_sampling import PoissonSampler
 
 log = logging.getLogger(__name__)
 
+PER_SAMPLE_METHODS = ("bk", "opacus")
+
 
 @dataclass(frozen=True)
 class DPConfig:
@@ -23,8 +26,14 @@ class DPConfig:
     delta: float = 1e-5
     accountant: str = "prv"
     epsilon_cap: float = 10.0  # cumulative, per window, at `delta`
+    # How per-sample gradients are clipped: "bk" (gateway.bk_clipping: norms and clipped sum from one forward and
+    # one backward pass, Linear-only models) or "opacus" (Opacus' per-sample gradients in GRAD_SAMPLE_MODE). Both
+    # give the same clipped sum (tests/gateway/test_bk_clipping.py); noise, scaling and accounting are shared.
+    per_sample: str = "bk"
 
     def __post_init__(self) -> None:
+        if self.per_sample not in PER_SAMPLE_METHODS:
+            raise ValueError(f"per_sample must be one of {PER_SAMPLE_METHODS}, got {self.per_sample!r}")
         for name in ("noise_multiplier", "max_grad_norm", "lr", "epsilon_cap"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -114,15 +123,88 @@ def flat_dp_optimizer_class():  # -> type[opacus.optimizers.DPOptimizer]; opacus
     return FlatDPOptimizer
 
 
+def bk_dp_optimizer_class():  # -> type[FlatDPOptimizer]
+    """FlatDPOptimizer whose clipped sum comes from a `gateway.bk_clipping.BKModule` instead of p.grad_sample.
+
+    Same clip factor, noise (Opacus' `_generate_noise` on the flat sum) and scaling as FlatDPOptimizer; only the
+    source of the clipped sum changes. Attach the module with `attach(bk_module)` (make_private does).
+    """
+    import torch
+    from opacus.optimizers.optimizer import _generate_noise
+
+    class BKDPOptimizer(flat_dp_optimizer_class()):
+        bk_module = None
+        _bk_params: list = []
+        _bk_sizes: list = []
+
+        def attach(self, bk_module) -> None:  # noqa: ANN001
+            """Take the clipped sums from `bk_module`; it must hold exactly this optimizer's parameters, in order."""
+            theirs, ours = bk_module.trainable_parameters(), self.params
+            if len(theirs) != len(ours) or any(p is not q for p, q in zip(theirs, ours, strict=False)):
+                raise ValueError("the optimizer's trainable parameters must be the model's trainable Linear "
+                                 "parameters, in module order (build the optimizer from net.parameters())")
+            self.bk_module, self._bk_params, self._bk_sizes = bk_module, ours, [p.numel() for p in ours]
+
+        @property
+        def accumulated_iterations(self) -> int:
+            return 1  # BKModule refuses a second forward or backward before the step
+
+        def record_empty_batch(self) -> None:
+            self.bk_module.record_empty_batch()
+
+        def clip_and_accumulate(self) -> None:
+            parts = self.bk_module.clipped_sum(max_grad_norm=self.max_grad_norm, loss_reduction=self.loss_reduction)
+            summed = torch.cat(parts)
+            self._summed_flat = summed if self._summed_flat is None else self._summed_flat + summed
+
+        def add_noise(self) -> None:
+            # FlatDPOptimizer.add_noise without Opacus' per-tensor "processed" flags: clipped_sum consumed the
+            # recorded batch, so a second step on it raises there instead
+            noise = _generate_noise(std=self.noise_multiplier * self.max_grad_norm, reference=self._summed_flat,
+                                    generator=self.generator, secure_mode=self.secure_mode)
+            self._grad_flat = self._summed_flat + noise
+            for p, part in zip(self._bk_params, self._grad_flat.split(self._bk_sizes), strict=True):
+                p.grad = part.view_as(p)
+
+        def pre_step(self, closure=None) -> bool:  # noqa: ANN001
+            # DPOptimizer.pre_step without its look-up of p.grad_sample (BK has none)
+            self.clip_and_accumulate()
+            if self._check_skip_next_step():
+                self._is_last_step_skipped = True
+                return False
+            self.add_noise()
+            self.scale_grad()
+            if self.step_hook:
+                self.step_hook(self)
+            self._is_last_step_skipped = False
+            return True
+
+        def zero_grad(self, set_to_none: bool = False) -> None:
+            self.bk_module.clear()
+            if not self._is_last_step_skipped:
+                self._summed_flat = None
+            self._grad_flat = None
+            self.original_optimizer.zero_grad(set_to_none)
+
+    return BKDPOptimizer
+
+
 def make_private(net, optimizer, *, cfg: DPConfig, n_samples: int,  # noqa: ANN001, ANN201
-                 grad_sample_mode: str = GRAD_SAMPLE_MODE):
-    """Opacus-wrap (module, optimizer) for Poisson batches at rate q = plan_steps(...)[0]: per-sample gradients,
-    flat clipping at `max_grad_norm`, Gaussian noise of std noise_multiplier x max_grad_norm on the clipped sum,
-    the sum divided by the expected batch size q x n_samples. Batches come from `PoissonSampler`, not a DataLoader.
+                 grad_sample_mode: str = GRAD_SAMPLE_MODE, per_sample: str | None = None):
+    """Wrap (module, optimizer) for Poisson batches at rate q = plan_steps(...)[0]: flat per-sample clipping at
+    `max_grad_norm`, Gaussian noise of std noise_multiplier x max_grad_norm on the clipped sum, the sum divided by
+    the expected batch size q x n_samples. Batches come from `PoissonSampler`, not a DataLoader.
+
+    `per_sample` (default `cfg.per_sample`): "bk" clips by book-keeping (`gateway.bk_clipping`; refuses models
+    with layers other than nn.Linear and parameter-free per-sample modules), "opacus" through Opacus' per-sample
+    gradients in `grad_sample_mode`.
     """
     from opacus.grad_sample import prepare_module
     from opacus.validators import ModuleValidator
 
+    per_sample = cfg.per_sample if per_sample is None else per_sample
+    if per_sample not in PER_SAMPLE_METHODS:
+        raise ValueError(f"per_sample must be one of {PER_SAMPLE_METHODS}, got {per_sample!r}")
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     if grad_sample_mode not in ("ew", "hooks", "functorch"):  # ghost clipping needs Opacus' criterion wrapper
@@ -131,12 +213,18 @@ def make_private(net, optimizer, *, cfg: DPConfig, n_samples: int,  # noqa: ANN0
     if any(p not in own for group in optimizer.param_groups for p in group["params"]):
         raise ValueError("the optimizer holds parameters that are not the module's")
     ModuleValidator.validate(net, strict=True)  # what PrivacyEngine.make_private checks first
+    kwargs = {"noise_multiplier": cfg.noise_multiplier, "max_grad_norm": cfg.max_grad_norm,
+              "expected_batch_size": min(cfg.expected_batch_size, n_samples), "loss_reduction": "mean"}
+    if per_sample == "bk":
+        from gateway.bk_clipping import BKModule
+
+        dp_optimizer = bk_dp_optimizer_class()(optimizer, **kwargs)
+        bk = BKModule(net)
+        dp_optimizer.attach(bk)
+        return bk, dp_optimizer
     gsm = prepare_module(net, grad_sample_mode=grad_sample_mode, batch_first=True, loss_reduction="mean")
     gsm.forbid_grad_accumulation()  # one Poisson batch per step, as the accountant assumes
-    dp_optimizer = flat_dp_optimizer_class()(
-        optimizer, noise_multiplier=cfg.noise_multiplier, max_grad_norm=cfg.max_grad_norm,
-        expected_batch_size=min(cfg.expected_batch_size, n_samples), loss_reduction="mean")
-    return gsm, dp_optimizer
+    return gsm, flat_dp_optimizer_class()(optimizer, **kwargs)
 
 
 def train_dp(weights: np.ndarray, x: np.ndarray, y: np.ndarray, *, cfg: DPConfig, epochs: int,
@@ -177,8 +265,18 @@ def run_steps(net, optimizer, x, y, sampler: PoissonSampler, loss_fn) -> tuple[i
             total_loss += float(loss.detach())
             batches += 1
         else:
-            for p in optimizer.params:
-                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+            record_empty_batch(optimizer)
         optimizer.step()
         done += 1
     return done, total_loss, batches
+
+
+def record_empty_batch(optimizer) -> None:  # noqa: ANN001
+    """Tell a DP optimizer from `make_private` that this step's Poisson batch is empty (zero clipped sum)."""
+    import torch
+
+    if hasattr(optimizer, "record_empty_batch"):
+        optimizer.record_empty_batch()
+        return
+    for p in optimizer.params:
+        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)

@@ -97,10 +97,10 @@ def test_one_record_moves_the_clipped_sum_by_at_most_the_clipping_bound() -> Non
         assert float(alone.norm()) <= C * (1 + 1e-5)
 
 
-def noise_only_grads(*, sigma: float, n_samples: int, steps: int, empty: bool) -> np.ndarray:
+def noise_only_grads(*, sigma: float, n_samples: int, steps: int, empty: bool, per_sample: str) -> np.ndarray:
     """p.grad after `steps` DP steps whose clipped sum is exactly zero: empty batches, or records whose every
     per-sample gradient is zero (targets equal to the model's own forecasts)."""
-    cfg = DPConfig(noise_multiplier=sigma, max_grad_norm=C, lr=0.05)
+    cfg = DPConfig(noise_multiplier=sigma, max_grad_norm=C, lr=0.05, per_sample=per_sample)
     torch.manual_seed(0)
     net = model.to_torch(model.init_weights(seed=7))
     x, _y = windows(n_samples, seed=5)
@@ -117,11 +117,12 @@ def noise_only_grads(*, sigma: float, n_samples: int, steps: int, empty: bool) -
     return np.stack(out)
 
 
+@pytest.mark.parametrize("per_sample", ["bk", "opacus"])
 @pytest.mark.parametrize("empty", [True, False])
-def test_noise_std_is_sigma_c_over_expected_batch(empty: bool) -> None:
+def test_noise_std_is_sigma_c_over_expected_batch(empty: bool, per_sample: str) -> None:
     sigma, n = 1.3, 5000
     expected_batch = min(DPConfig().expected_batch_size, n)  # q * N, as Opacus divides a "mean" loss
-    g = noise_only_grads(sigma=sigma, n_samples=n, steps=20, empty=empty)
+    g = noise_only_grads(sigma=sigma, n_samples=n, steps=20, empty=empty, per_sample=per_sample)
     target = sigma * C / expected_batch
     m = g.size
     assert abs(g.std() - target) < 5 * target / math.sqrt(2 * m)
@@ -144,8 +145,9 @@ def test_noise_scale_matches_opacus_dpoptimizer() -> None:
         assert abs(float(g.std()) - target) < 5 * target / math.sqrt(2 * g.numel())
 
 
-def test_expected_batch_size_is_q_times_n() -> None:
-    cfg = DPConfig()
+@pytest.mark.parametrize("per_sample", ["bk", "opacus"])
+def test_expected_batch_size_is_q_times_n(per_sample: str) -> None:
+    cfg = DPConfig(per_sample=per_sample)
     for n in (28_100, 2_530, 64, 40):
         q, _steps = plan_steps(n, cfg=cfg, epochs=1)
         net = model.to_torch(model.init_weights(seed=0))
@@ -173,10 +175,12 @@ def test_train_dp_samples_at_the_accounted_rate_for_the_accounted_steps(monkeypa
     assert (res.sample_rate, res.steps) == plan_steps(300, cfg=DPConfig(expected_batch_size=20), epochs=2)
 
 
-def test_a_second_step_on_the_same_per_sample_gradients_is_refused() -> None:
+@pytest.mark.parametrize("per_sample", ["bk", "opacus"])
+def test_a_second_step_on_the_same_per_sample_gradients_is_refused(per_sample: str) -> None:
     """Reusing one batch's per-sample gradients for two noisy steps would spend privacy unaccounted."""
     net = model.to_torch(model.init_weights(seed=0))
-    gsm, opt = make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), cfg=DPConfig(), n_samples=100)
+    gsm, opt = make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), cfg=DPConfig(per_sample=per_sample),
+                            n_samples=100)
     x, y = windows(10)
     opt.zero_grad(set_to_none=True)
     torch.nn.functional.mse_loss(gsm(x), y).backward()
