@@ -20,10 +20,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import firmware_profiles
 from device.errors import ProfileError
 from device.ldp import MECHANISMS
 
-PROFILE_DIR = Path(__file__).resolve().parents[1] / "firmware_profiles"
+PROFILE_DIR = Path(firmware_profiles.__file__).resolve().parent  # a package, so wheels ship the profiles
 PROFILE_DIR_ENV = "WEARFED_PROFILE_DIR"
 DEFAULT_PROFILE = "dexcom-g7"
 KINDS = ("sensor", "hub")

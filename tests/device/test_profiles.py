@@ -92,3 +92,11 @@ def test_profiles_cli(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Non
     (tmp_path / "dexcom-g7.toml").write_text(bad)
     assert main(["profiles", "show", str(tmp_path / "dexcom-g7.toml")]) == 2
     assert "uplink.batch_size is missing" in capsys.readouterr().err
+
+
+def test_profiles_are_package_data() -> None:
+    """Installed from a wheel, the profiles come with the package (firmware_profiles is importable)."""
+    from importlib.resources import files
+
+    shipped = sorted(p.name for p in files("firmware_profiles").iterdir() if p.name.endswith(".toml"))
+    assert shipped == ["dexcom-g7.toml", "libre-3.toml", "pi-4.toml", "pi-zero-2w.toml"]

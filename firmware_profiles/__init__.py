@@ -1,0 +1,1 @@
+"""The shipped firmware profiles (`*.toml`), installed with the package; `device.profiles` loads them."""
