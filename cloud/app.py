@@ -67,6 +67,7 @@ class CloudSettings:
     drift_threshold: float = DEFAULT_THRESHOLD  # KL nats (cloud/drift.py)
     drift_min_readings: int = DEFAULT_MIN_READINGS
     drift_min_reference_hours: float = DEFAULT_MIN_REFERENCE_HOURS
+    warm_exporter: bool = False  # import litert-torch in the export child at start-up (`cloud serve` does)
 
 
 def build_federation(settings: CloudSettings) -> Federation:
@@ -119,7 +120,8 @@ def create_app(settings: CloudSettings) -> FastAPI:
                   description="Federated aggregation of CKKS-encrypted, signed, DP-SGD updates. Roles and "
                               "permissions: cloud/rbac.py; see docs/cloud.md.")
     app.state.federation = fed
-    releases.mount(app, fed, settings.state_dir)  # signed TFLite artifacts for devices (cloud/releases.py)
+    # signed TFLite artifacts for devices (cloud/releases.py)
+    releases.mount(app, fed, settings.state_dir, warm=settings.warm_exporter)
 
     def openapi() -> dict:
         """FastAPI's document, plus the submission body (read raw, to bound its size before parsing)."""

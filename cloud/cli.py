@@ -106,6 +106,7 @@ def _serve(args: argparse.Namespace) -> int:
     from cloud.drift import DEFAULT_MIN_READINGS, DEFAULT_MIN_REFERENCE_HOURS, DEFAULT_THRESHOLD
 
     settings = CloudSettings(db_url=args.db, state_dir=args.state_dir, admin_token=args.admin_token,
+                             warm_exporter=True,
                              dev_insecure_custodian=args.dev_insecure_custodian, epsilon_cap=args.epsilon_cap,
                              rmse_tolerance=args.rmse_tolerance, gates_file=args.gates,
                              validation_file=args.validation,

@@ -49,7 +49,7 @@ class ReleaseArtifacts:
     """TFLite artifacts of promoted versions, one signed document per release serial."""
 
     def __init__(self, fed, directory: Path, *, validation: Path | None = None,  # noqa: ANN001 - Federation
-                 enabled: bool | None = None) -> None:
+                 enabled: bool | None = None, warm: bool = False) -> None:
         self.fed, self.dir = fed, Path(directory)
         (self.dir / "signed").mkdir(parents=True, exist_ok=True)
         env = os.environ.get(VALIDATION_ENV)
@@ -66,6 +66,8 @@ class ReleaseArtifacts:
             log.warning("TFLite export is off (%s=off): devices get no on-device model", EXPORT_ENV)
         elif missing:
             log.error("TFLite export unavailable, devices get no on-device model: %s", missing)
+        elif warm:
+            self._converter_pool().submit(tflite_export.warm_up)  # the child imports litert-torch now, not later
 
     # -- hooks -------------------------------------------------------------------------------------
     def on_change(self, version: int) -> Future | None:
@@ -86,14 +88,17 @@ class ReleaseArtifacts:
         if self._converter is not None:
             self._converter.shutdown(wait=False, cancel_futures=True)
 
+    def _converter_pool(self) -> ProcessPoolExecutor:
+        if self._converter is None:
+            self._converter = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        return self._converter
+
     def _export(self, weights: np.ndarray, x: np.ndarray, y: np.ndarray) -> tflite_export.Export:
         """Convert and check in a child process: litert-torch's import and conversion take seconds of CPU that
         would otherwise hold this process's GIL while it serves rounds."""
-        if self._converter is None:
-            self._converter = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
         try:
-            return self._converter.submit(tflite_export.export_checked, weights, x, y,
-                                          tolerance=tflite_export.MAX_ABS_DIFF_MGDL).result()
+            return self._converter_pool().submit(tflite_export.export_checked, weights, x, y,
+                                                 tolerance=tflite_export.MAX_ABS_DIFF_MGDL).result()
         except BrokenProcessPool:
             self._converter = None  # the child died (killed, out of memory): a fresh one next time
             raise
@@ -187,9 +192,10 @@ class ReleaseArtifacts:
                 "max_abs_diff_limit_mgdl": tflite_export.MAX_ABS_DIFF_MGDL}
 
 
-def mount(app, fed, state_dir: Path, *, validation: Path | None = None) -> ReleaseArtifacts:  # noqa: ANN001
+def mount(app, fed, state_dir: Path, *, validation: Path | None = None,  # noqa: ANN001
+          warm: bool = False) -> ReleaseArtifacts:
     """Create the artifacts store, hook it on promotion/rollback, and add its routes to the FastAPI app."""
-    releases = ReleaseArtifacts(fed, Path(state_dir) / "releases", validation=validation)
+    releases = ReleaseArtifacts(fed, Path(state_dir) / "releases", validation=validation, warm=warm)
     fed.release_hooks.append(releases.on_change)
     app.state.releases = releases
 

@@ -58,6 +58,13 @@ def exporter_missing() -> str | None:
     return None
 
 
+def warm_up() -> None:
+    """Import the converter's heavy modules (seconds), so the first promotion's export does not wait for them."""
+    if exporter_missing() is None:
+        import litert_torch  # noqa: F401
+        import torch  # noqa: F401
+
+
 def load_validation(path: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(x (n, 24), y (n, 2)) validation windows in mg/dL from an .npz; the packaged set by default."""
     path = Path(path or DEFAULT_VALIDATION)

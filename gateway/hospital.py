@@ -1,7 +1,7 @@
 """`wearfed hospital run --data PATH`: the same participant loop, trained on local clinical CGM traces.
 
 The data file is a CSV with a header `patient,time,glucose` (time in unix seconds, glucose in mg/dL). With
-`--eval-holdout-patients K` the last K patients (by id) never enter training: they are the hospital's local
+`--eval-holdout-patients K` K patients spread over the sorted ids never enter training: they are the hospital's local
 held-out set for federated evaluation. Each new candidate model a round produces is fetched, scored on those
 patients (`federation.evaluation.score_windows`) and only the scores are posted, signed with the node's key
 (POST /v1/models/{version}/evaluations). Versions already scored are remembered in `evaluated.json`.
@@ -64,12 +64,13 @@ def write_clinical_csv(path: Path, series: dict[str, tuple[np.ndarray, np.ndarra
 
 def split_holdout(series: dict[str, tuple[np.ndarray, np.ndarray]], holdout: int
                   ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """(training, held-out) patients: the last `holdout` patient ids are held out; at least one trains."""
+    """(training, held-out) patients: `holdout` ids evenly spaced over the sorted ids (not the last ones: ids sort
+    by age group, and a held-out set of one group only would judge every model on its hardest patients)."""
     if holdout < 0 or (holdout and holdout >= len(series)):
         raise SchemaError(f"--eval-holdout-patients {holdout}: must be 0..{len(series) - 1} "
                           f"(this file has {len(series)} patients)")
     ids = sorted(series)
-    held = set(ids[len(ids) - holdout:]) if holdout else set()
+    held = {ids[(2 * i + 1) * len(ids) // (2 * holdout)] for i in range(holdout)}
     return ({p: v for p, v in series.items() if p not in held}, {p: v for p, v in series.items() if p in held})
 
 

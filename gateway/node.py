@@ -138,9 +138,9 @@ class ParticipantNode:
             rnd = await self.poll_round()
             if rnd:
                 await self.serve_round(rnd)
-            if rnd and self.on_round is not None:
+            if self.on_round is not None:  # also before the first round: the relay publishes the initial model
                 try:
-                    await self.on_round(rnd, self.cloud)
+                    await self.on_round(rnd or {}, self.cloud)
                 except Exception:  # a relay problem must never stop the participant loop
                     log.exception("%s: round hook failed", self.cfg.participant_id)
             if self.state.outbox:

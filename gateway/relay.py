@@ -35,6 +35,7 @@ from gateway.cloud_client import CloudClient, CloudRejected
 
 log = logging.getLogger(__name__)
 CHECK_SECONDS = 10.0
+PENDING_CHECK_SECONDS = 1.0  # while the promoted version's TFLite artifact is being exported: ask again soon
 CURRENT_RELEASE = "/v1/releases/current"
 CURRENT_TFLITE = "/v1/releases/current/tflite"
 
@@ -82,6 +83,7 @@ class ModelRelay:
         self.tflite_error: str | None = None
         self._next_check = 0.0
         self._last_completed: int | None = None
+        self._tflite_pending = False  # the cloud said the artifact is being exported (409 "ask again")
 
     def status(self) -> dict:
         return {"model_relayed": self.relayed_version, "relay_error": self.last_error,
@@ -97,6 +99,8 @@ class ModelRelay:
         self._next_check = time.monotonic() + CHECK_SECONDS
         try:
             await self.relay_current(cloud)
+            if self._tflite_pending:
+                self._next_check = time.monotonic() + PENDING_CHECK_SECONDS
         except (CloudRejected, RelayError, SchemaError, SignatureError) as exc:
             self.last_error = str(exc)
             log.warning("%s: no model relayed (%s); asking again in %.0fs", self.gateway, exc, CHECK_SECONDS)
@@ -143,10 +147,12 @@ class ModelRelay:
 
     async def current_tflite(self, cloud: CloudClient, key: str, version: int) -> dict | None:
         """The cloud's signed TFLite release of `version`, verified; None (reason in tflite_error) if there is none."""
+        self._tflite_pending = False
         try:
             doc = (await cloud.request("GET", CURRENT_TFLITE)).json()
         except CloudRejected as exc:
             self.tflite_error = str(exc)
+            self._tflite_pending = exc.status == 409 and "ask again" in exc.reason
             return None
         except (httpx.HTTPError, ValueError) as exc:  # a 5xx after retries, or a body that is not JSON
             self.tflite_error = f"TFLite release unavailable: {exc}"

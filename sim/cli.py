@@ -61,9 +61,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _exit_code(summary: dict) -> int:
-    """0 when every round ended in a model and no reading was lost."""
+    """0 when every round ended in a model, no reading was lost and the release checks (if any) passed."""
+    from sim.wrist import passed
+
     rounds_ok = all(r.get("model_version") is not None for r in summary["rounds"])
-    return 0 if rounds_ok and summary["readings"]["lost"] == 0 else 1
+    release_ok = passed(summary.get("release_checks") or {"skipped": "not run"})
+    return 0 if rounds_ok and release_ok and summary["readings"]["lost"] == 0 else 1
 
 
 def _replay(args: argparse.Namespace) -> int:

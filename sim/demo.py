@@ -45,10 +45,15 @@ class DemoConfig:
             doc["rounds"]["count"] = self.rounds
         n_gw = self.gateways or len(doc["gateways"])
         per_gw = self.devices_per_gateway or doc["gateways"][0]["devices"]
-        doc["gateways"] = [{"id": f"gw-{i}", "devices": per_gw, "profile": None} for i in range(1, n_gw + 1)]
+        # the shipped profiles per position; the last one (the demo's inference-capable hubs) stays last
+        profiles = [g["profile"] for g in doc["gateways"]]
+        doc["gateways"] = [{"id": f"gw-{i}", "devices": per_gw, "profile": profiles[-1] if i == n_gw else
+                            profiles[min(i, len(profiles)) - 1]} for i in range(1, n_gw + 1)]
         n_h = len(doc["hospitals"]) if self.hospitals is None else self.hospitals
         per_h = self.hospital_patients or (doc["hospitals"][0]["patients"] if doc["hospitals"] else 10)
-        doc["hospitals"] = [{"id": f"hosp-{i}", "patients": per_h, "days": 2.0} for i in range(1, n_h + 1)]
+        holdout = doc["hospitals"][0]["eval_holdout_patients"] if doc["hospitals"] else 0
+        doc["hospitals"] = [{"id": f"hosp-{i}", "patients": per_h, "days": 2.0,
+                             "eval_holdout_patients": min(holdout, per_h - 1)} for i in range(1, n_h + 1)]
         return Scenario.model_validate(doc)
 
 

@@ -298,6 +298,36 @@ def _section_overview(summary: dict) -> str:
     return "".join(parts)
 
 
+def _section_release(summary: dict) -> str:
+    r = summary["release_checks"]
+    if "skipped" in r:
+        return _note(f"Skipped: {r['skipped']}")
+    rows = [["promoted model v" + str(r["promoted"]["version"]) + " loaded", r["promoted"]["reached_all"],
+             r["promoted"]["seconds"], ", ".join(r["promoted"]["missing"])],
+            [f"{r['tampered']['kind']} release refused", r["tampered"]["refused_by_all"], r["tampered"]["seconds"],
+             ", ".join(r["tampered"]["accepted_by"])]]
+    if "skipped" in r.get("rollback", {}):
+        rows.append(["rollback", "skipped", "", r["rollback"]["skipped"]])
+    elif "rollback" in r:
+        b = r["rollback"]
+        rows.append([f"rollback v{b['from']} -> v{b['to']} loaded", b["reached_all"], b["seconds"],
+                     ", ".join(b["missing"])])
+    return (_note(f"{r['devices']} inference-capable devices behind {', '.join(r['gateways'])}.")
+            + _table(["check", "all devices", "seconds", "devices that did not"], rows))
+
+
+def _section_drift(summary: dict) -> str:
+    status, alerts = summary["drift"]["status"], summary["drift"]["alerts"]
+    alerted = {a["participant"] for a in alerts}
+    rows = [[p, d.get("reports"), _fmt(d.get("kl_nats")), d.get("readings"), "yes" if p in alerted else "no"]
+            for p, d in sorted(status.get("participants", {}).items())]
+    note = _note(f"KL divergence of recent privatised telemetry from the promoted model's training data; alert above "
+                 f"{status.get('threshold_nats')} nats, scored once that data covers "
+                 f"{status.get('min_reference_hours')} h. {len(alerts)} alert(s).")
+    return note + (_table(["participant", "reports", "latest KL (nats)", "readings", "alerted"], rows) if rows
+                   else _note("No drift report was scored."))
+
+
 def _section_scale(summary: dict) -> str:
     scale, runs = summary["scale"], summary.get("runs") or {}
     rows, fig = [], Figure(figsize=(7, 3.2))
@@ -332,7 +362,10 @@ def render_report(summary: dict) -> str:
     if not isinstance(summary, dict):
         raise TypeError(f"summary must be a dict, got {type(summary).__name__}")
     body = []
-    sections = SECTIONS + ((("Scale: round time by participant count", _section_scale),) if "scale" in summary else ())
+    optional = (("Model release to devices", "release_checks", _section_release),
+                ("Drift of device telemetry", "drift", _section_drift),
+                ("Scale: round time by participant count", "scale", _section_scale))
+    sections = SECTIONS + tuple((title, build) for title, key, build in optional if key in summary)
     for title, build in sections:
         try:
             content = build(summary)

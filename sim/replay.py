@@ -33,8 +33,10 @@ from sim.patients import training_patients
 from sim.processes import ProcessGroup, read_json, wait_until
 from sim.report import RoundPrinter
 from sim.scenario import Fault, Scenario
+from sim.wrist import check_release_path, inference_gateways
 
 RUN_MARKER = ".wearfed-run"
+VALIDATION_SEED_OFFSET = 4242  # the validation cohort's seed, away from the held-out set's and the trainers'
 STAFF_ROLES = ("operator", "data_scientist", "compliance_officer")
 
 
@@ -89,6 +91,18 @@ def _write_device_traces(s: Scenario, ids: list[str], traces: Path) -> None:
     write_traces(traces, ids, offsets, cgm)
 
 
+def write_validation_set(s: Scenario, out: Path) -> Path:
+    """The cloud's synthetic validation cohort: virtual patients no node trains on and the report does not score."""
+    from federation.evaluation import save_validation_set
+
+    seed = s.scenario.seed + VALIDATION_SEED_OFFSET
+    val = heldout_set(source=s.cohort.source, patients=s.cohort.heldout_patients, days=s.cohort.heldout_days,
+                      seed=seed, sensor=s.cohort.sensor)
+    path = out / "validation.npz"
+    save_validation_set(path, val.x, val.y_cgm, meta={"source": s.cohort.source, "seed": seed})
+    return path
+
+
 @dataclass
 class Replay:
     s: Scenario
@@ -104,6 +118,7 @@ class Replay:
     clock: SimClock | None = None
     pool_processes: int = 0  # > 0: hospitals run as nodes inside this many `hospital pool` processes
     last_weights: np.ndarray | None = None  # the newest model a round produced (the report's Clarke grid)
+    lingering: set[str] = field(default_factory=set)  # gateways whose hub fleets stay up for the release checks
 
     # -- start-up ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -122,18 +137,24 @@ class Replay:
                            f"sqlite:///{out / 'cloud.db'}", "--state-dir", str(out / "cloud"),
                            "--dev-insecure-custodian", "--epsilon-cap", str(s.privacy.participant_epsilon_cap),
                            "--log-level", "warning"]
+        self.cloud_args += ["--validation", str(write_validation_set(s, out))]
         self.cloud_env = {"WEARFED_ADMIN_TOKEN": admin_token}
+        if not inference_gateways(s):  # no device runs a model: no TFLite export competing for the CPU
+            self.cloud_env["WEARFED_TFLITE_EXPORT"] = "off"
         self.group.start("cloud", self.cloud_args, env=self.cloud_env)
         wait_for_port("127.0.0.1", self.cloud_port, timeout=60)
         health = httpx.get(f"{self.cloud_url}/healthz").json()
         self.printer.warn(f"cloud: {self.cloud_url} — custodian {health['custodian']}: {health['warning']}")
         self.staff = self._bootstrap_staff(admin_token)
+        release_key = httpx.get(f"{self.cloud_url}/v1/release-key").json()["public_key"]
         p = s.privacy
         node_flags = ["--epsilon-cap", str(p.participant_epsilon_cap), "--delta", str(p.dp_delta),
                       "--accountant", p.dp_accountant, "--seed", str(s.scenario.seed), "--log-level", "warning"]
         if p.dp_noise_multiplier is not None:
             node_flags += ["--noise-multiplier", str(p.dp_noise_multiplier)]
         devices = device_ids(s)
+        if s.release_checks is not None:
+            self.lingering = set(inference_gateways(s))
         for g in s.gateways:
             relays = {"broker": TcpRelay("127.0.0.1", self.broker.port),
                       "cloud": TcpRelay("127.0.0.1", self.cloud_port)}
@@ -149,10 +170,14 @@ class Replay:
         else:
             for h in s.hospitals:
                 self.group.start(h.id, ["hospital", "run", "--id", h.id, "--state-dir", str(out / h.id), "--data",
-                                        str(csvs[h.id]), "--cloud-url", self.cloud_url, *node_flags],
+                                        str(csvs[h.id]), "--cloud-url", self.cloud_url, *node_flags,
+                                        "--eval-holdout-patients", str(h.eval_holdout_patients)],
                                  env=self._enroll_env(h.id))
         wait_until(self._all_enrolled, timeout=180, what="every participant to enroll")
         self.printer.note(f"enrolled: {', '.join(s.participants)}")
+        if self.lingering:  # hubs start with the initial model's signed TFLite release, not minutes later
+            wait_until(lambda: httpx.get(f"{self.cloud_url}/v1/releases/current/tflite").status_code == 200,
+                       timeout=180, what="the initial model's TFLite release")
         self.clock = SimClock(sim_start=DEFAULT_SIM_START, wall_start=time.time() + 2.0, accel=s.scenario.accel)
         ldp = ["--ldp-mechanism", p.ldp_mechanism]
         if p.ldp_epsilon is not None:
@@ -164,7 +189,8 @@ class Replay:
             common = ["--broker-port", str(self.broker.port), "--seed", str(s.scenario.seed),
                       "--days", str(s.scenario.days), "--accel", str(s.scenario.accel),
                       "--sim-start", str(self.clock.sim_start), "--wall-start", str(self.clock.wall_start),
-                      "--traces", str(self.traces), *(["--profile", g.profile] if g.profile else []), *ldp]
+                      "--traces", str(self.traces), *(["--profile", g.profile] if g.profile else []), *ldp,
+                      "--release-key", release_key, *(["--linger"] if g.id in self.lingering else [])]
             in_fleet = g.devices - (g.id in dying)
             if in_fleet:
                 self.group.start(f"fleet-{g.id}", [
@@ -305,8 +331,17 @@ class Replay:
             # opened the round and may not promote it)
             self._post("data_scientist", f"/v1/rounds/{round_id}/metrics",
                        {"metrics": {key: float(v) for key, v in scores.items() if np.isfinite(v)}}).raise_for_status()
-            if self._post("compliance_officer", f"/v1/rounds/{round_id}/approve").status_code == 200:
+            version = report["result_model_version"]
+            if any(h.eval_holdout_patients for h in self.s.hospitals):  # approve on the same evidence every run
+                with contextlib.suppress(TimeoutError):
+                    wait_until(lambda: "federated" in self._get(f"/v1/models/{version}/evaluations")["by_source"],
+                               timeout=60, what=f"the hospitals' evaluation of model v{version}")
+            approve = self._post("compliance_officer", f"/v1/rounds/{round_id}/approve")
+            if approve.status_code == 200:
                 self._post("admin", f"/v1/rounds/{round_id}/promote").raise_for_status()
+            else:  # a gate (named in the reason) or the rules kept the candidate out of production
+                row["gates_failed"] = approve.json().get("detail")
+            row["metrics_by_source"] = self._get(f"/v1/models/{version}/evaluations")["by_source"]
             row["model_status"] = self._get(f"/v1/models/{report['result_model_version']}")["status"]
             row["state"] = self._get(f"/v1/rounds/{round_id}")["state"]
         row["epsilon"] = {u["participant"]: {"value": round(u["dp"]["epsilon_cumulative"], 4),
@@ -322,6 +357,9 @@ class Replay:
     # -- the end -------------------------------------------------------------------------------------
     def drain(self) -> dict:
         """Wait for every fleet to finish and every acknowledged reading to land in a gateway's store."""
+        for gw in self.lingering:  # hubs stay connected after their trace: stop them once it is all sent
+            wait_until(lambda gw=gw: self._trace_sent(gw), timeout=300, what=f"{gw}'s hubs to send their traces")
+            self.group.stop(f"fleet-{gw}")
         for name in self.device_processes():
             while name not in self.group.down and self.group.procs[name].poll() is None:
                 self.tick(lambda *_: None)
@@ -339,6 +377,24 @@ class Replay:
         return {"published": published, "ingested": total, "duplicates": sum(st.get("duplicates", 0) for st in stats),
                 "rejected": sum(st.get("rejected", 0) for st in stats), "lost": max(0, published - total),
                 "device_exit_codes": {n: self.group.procs[n].returncode for n in self.device_processes()}}
+
+    def _trace_sent(self, gateway: str) -> bool:
+        self.tick(lambda *_: None)
+        per = read_json(self.out / f"fleet-{gateway}.json").get("per_device") or {}
+        return bool(per) and all(d["state"] == "done" and d["buffered"] == 0 for d in per.values())
+
+    def release_checks(self) -> dict:
+        """The model's way to the wrist (sim/wrist.py), while the hubs still listen."""
+        def post(path: str, body: dict) -> tuple[int, dict]:
+            resp = self._post("operator", path, body)
+            if resp.status_code != 409:
+                resp.raise_for_status()
+            return resp.status_code, resp.json()
+
+        checks = self.s.release_checks
+        return check_release_path(self.s, self.out, broker_port=self.broker.port, get=self._get, post=post,
+                                  tick=lambda: self.tick(lambda *_: None), timeout_s=checks.timeout_s,
+                                  rollback=checks.rollback)
 
     def stop(self) -> None:
         if self.group:
@@ -423,6 +479,7 @@ def run_replay(s: Scenario, out: Path, *, broker: str = "auto", pool_processes: 
     cutoffs = [DEFAULT_SIM_START + span * k / s.rounds.count for k in range(1, s.rounds.count + 1)]
     rounds: list[dict] = []
     initial: dict = {}
+    release: dict | None = None
     try:
         replay.start()
         v0 = replay._get("/v1/models/0")
@@ -435,7 +492,11 @@ def run_replay(s: Scenario, out: Path, *, broker: str = "auto", pool_processes: 
                     time.sleep(0.2)
                 rounds.append(replay.run_round(k, cutoff, heldout, progress))
                 replay.printer.round_table(rounds[-1])
+            if s.release_checks is not None:
+                release = replay.release_checks()
+                replay.printer.release_checks(release)
             readings = replay.drain()
+            drift = {"status": replay._get("/v1/drift"), "alerts": replay._get("/v1/drift/alerts")}
         replay.printer.readings(readings)
     finally:
         replay.stop()
@@ -447,7 +508,9 @@ def run_replay(s: Scenario, out: Path, *, broker: str = "auto", pool_processes: 
                "faults": [{"t": e["t"], "kind": e["kind"], "target": e["target"],
                            "detail": f"{e['edge']}: {e['detail']}"} for e in replay.fault_log],
                "fleet_timeline": [{k: v for k, v in p.items() if k != "wall"} for p in replay.fleet_timeline],
-               "wall_seconds": round(time.time() - t_start, 1)}
+               "drift": drift, "wall_seconds": round(time.time() - t_start, 1)}
+    if release is not None:
+        summary["release_checks"] = release
     if replay.last_weights is not None:
         summary["clarke_points"] = clarke_points(replay.last_weights, heldout)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))

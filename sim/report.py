@@ -58,3 +58,21 @@ class RoundPrinter:
         self.console.print(
             f"readings: published {counts['published']}, ingested {counts['ingested']}, duplicates dropped "
             f"{counts['duplicates']}, rejected {counts['rejected']}, lost {counts['lost']}")
+
+    def release_checks(self, r: dict) -> None:
+        if "skipped" in r:
+            self.console.print(f"release checks: skipped ({r['skipped']})")
+            return
+        mark = {True: "[green]ok[/green]", False: "[red]FAILED[/red]"}
+        p, t = r["promoted"], r["tampered"]
+        lines = [f"model v{p['version']} on all {r['devices']} inference-capable devices: {mark[p['reached_all']]} "
+                 f"({p['seconds']} s){'' if p['reached_all'] else ', missing ' + ', '.join(p['missing'])}",
+                 f"{t['kind']} release refused by all: {mark[t['refused_by_all']]} ({t['seconds']} s)"
+                 f"{'' if t['refused_by_all'] else ', accepted by ' + ', '.join(t['accepted_by'])}"]
+        if "skipped" in r.get("rollback", {}):
+            lines.append(f"rollback: skipped ({r['rollback']['skipped']})")
+        elif "rollback" in r:
+            b = r["rollback"]
+            lines.append(f"rollback v{b['from']} -> v{b['to']} on all devices: {mark[b['reached_all']]} "
+                         f"({b['seconds']} s){'' if b['reached_all'] else ', missing ' + ', '.join(b['missing'])}")
+        self.console.print("release to devices (" + ", ".join(r["gateways"]) + "):\n  " + "\n  ".join(lines))

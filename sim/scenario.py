@@ -47,6 +47,15 @@ class Hospital(Section):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
     patients: int = Field(ge=1, le=100_000)
     days: float = Field(default=2.0, gt=0, le=365)
+    eval_holdout_patients: int = Field(default=0, ge=0, description="kept out of training; the hospital scores "
+                                       "each candidate model on them and reports the metrics (federated evaluation)")
+
+    @model_validator(mode="after")
+    def _some_left_to_train(self) -> Hospital:
+        if self.eval_holdout_patients >= self.patients:
+            raise ValueError(f"eval_holdout_patients ({self.eval_holdout_patients}) must leave patients to train on "
+                             f"({self.patients})")
+        return self
 
 
 class Rounds(Section):
@@ -89,6 +98,14 @@ class Fault(Section):
     drift_mgdl_per_day: float | None = None
 
 
+class ReleaseChecks(Section):
+    """After the last round: the promoted model on every inference-capable device, a tampered release refused
+    by all of them, a rollback reaching all of them (`sim/wrist.py`)."""
+
+    rollback: bool = True
+    timeout_s: float = Field(default=90.0, gt=0, le=3600)
+
+
 class Scale(Section):
     """The same federation replayed at several participant counts: hospitals splitting one clinical cohort."""
 
@@ -115,6 +132,7 @@ class Scenario(Section):
     privacy: Privacy = Privacy()
     faults: list[Fault] = []
     scale: Scale | None = None
+    release_checks: ReleaseChecks | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:

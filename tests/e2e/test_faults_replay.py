@@ -20,6 +20,11 @@ def test_faults_scenario(tmp_path: Path) -> None:
         assert r["model_version"] is not None or r["failure_reason"], r
     assert summary["readings"]["lost"] == 0, summary["readings"]
     assert summary["readings"]["ingested"] > 0
+    # the drifting sensors of gw-1 are flagged, gw-2 is scored and is not
+    drift = summary["drift"]
+    assert {a["participant"] for a in drift["alerts"]} == {"gw-1"}, drift
+    gw2 = drift["status"]["participants"]["gw-2"]
+    assert gw2["kl_nats"] is not None and gw2["kl_nats"] < drift["status"]["threshold_nats"] and not gw2["alert"]
     report = (tmp_path / "run" / "report.html").read_text()
-    assert "broker_outage" in report
+    assert "broker_outage" in report and "Drift of device telemetry" in report
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["scenario"] == "faults"

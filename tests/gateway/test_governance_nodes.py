@@ -97,7 +97,9 @@ def _series(n: int) -> dict:
 
 def test_holdout_split() -> None:
     train, held = split_holdout(_series(4), 1)
-    assert sorted(train) == ["p0", "p1", "p2"] and sorted(held) == ["p3"]
+    assert sorted(train) == ["p0", "p1", "p3"] and sorted(held) == ["p2"]
+    train, held = split_holdout({f"p{k}": v for k, v in enumerate(_series(10).values())}, 2)
+    assert sorted(held) == ["p2", "p7"] and len(train) == 8  # spread over the ids (age groups), not the last two
     assert split_holdout(_series(2), 0)[1] == {}
     for bad in (2, -1):
         with pytest.raises(SchemaError, match="eval-holdout-patients"):
