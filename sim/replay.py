@@ -304,7 +304,7 @@ class Replay:
     def run_round(self, k: int, cutoff: float, heldout: HeldOut, progress) -> dict:  # noqa: ANN001
         t0 = time.time()
         r = self.s.rounds
-        resp = self._post("operator", "/v1/rounds", {"quorum": r.quorum, "deadline_s": r.deadline_s,
+        resp = self._post("data_scientist", "/v1/rounds", {"quorum": r.quorum, "deadline_s": r.deadline_s,
                                                      "data_cutoff": cutoff, "local_epochs": r.local_epochs})
         resp.raise_for_status()
         round_id = resp.json()["round"]
@@ -327,8 +327,8 @@ class Replay:
             self.last_weights = weights
             row.update({key: round(v, 4) for key, v in scores.items()})
             row["model_hash"] = m["hash"]
-            # metrics posted by a data scientist, approved by compliance, promoted by the admin (the operator
-            # opened the round and may not promote it)
+            # the data scientist who opened the round posts metrics, a compliance officer approves (never the
+            # opener), the operator deploys
             self._post("data_scientist", f"/v1/rounds/{round_id}/metrics",
                        {"metrics": {key: float(v) for key, v in scores.items() if np.isfinite(v)}}).raise_for_status()
             version = report["result_model_version"]
@@ -338,7 +338,7 @@ class Replay:
                                timeout=60, what=f"the hospitals' evaluation of model v{version}")
             approve = self._post("compliance_officer", f"/v1/rounds/{round_id}/approve")
             if approve.status_code == 200:
-                self._post("admin", f"/v1/rounds/{round_id}/promote").raise_for_status()
+                self._post("operator", f"/v1/rounds/{round_id}/promote").raise_for_status()
             else:  # a gate (named in the reason) or the rules kept the candidate out of production
                 row["gates_failed"] = approve.json().get("detail")
             row["metrics_by_source"] = self._get(f"/v1/models/{version}/evaluations")["by_source"]
