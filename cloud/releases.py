@@ -24,6 +24,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -43,6 +44,16 @@ def _write_json(path: Path, doc: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, sort_keys=True))
     os.replace(tmp, path)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Runs in the export child: leave as soon as the cloud process is gone (a SIGKILL included), never orphaned."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 class ReleaseArtifacts:
@@ -90,7 +101,8 @@ class ReleaseArtifacts:
 
     def _converter_pool(self) -> ProcessPoolExecutor:
         if self._converter is None:
-            self._converter = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            self._converter = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=_exit_with_parent, initargs=(os.getpid(),))
         return self._converter
 
     def _export(self, weights: np.ndarray, x: np.ndarray, y: np.ndarray) -> tflite_export.Export:
