@@ -34,7 +34,7 @@ from sim.patients import training_patients
 from sim.processes import ProcessGroup, read_json, wait_until
 from sim.report import RoundPrinter
 from sim.scenario import Fault, Scenario
-from sim.wrist import check_release_path, inference_gateways
+from sim.wrist import check_release_path, device_states, inference_gateways
 
 RUN_MARKER = ".wearfed-run"
 VALIDATION_SEED_OFFSET = 4242  # the validation cohort's seed, away from the held-out set's and the trainers'
@@ -381,7 +381,7 @@ class Replay:
 
     def _trace_sent(self, gateway: str) -> bool:
         self.tick(lambda *_: None)
-        per = read_json(self.out / f"fleet-{gateway}.json").get("per_device") or {}
+        per = device_states(self.out, [gateway])
         return bool(per) and all(d["state"] == "done" and d["buffered"] == 0 for d in per.values())
 
     def release_checks(self) -> dict:

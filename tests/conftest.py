@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -63,19 +64,11 @@ class CloudHandle:
         return self.app.state.federation
 
 
-@pytest.fixture
-def cloud(tmp_path: Path, db_url: str) -> Iterator[CloudHandle]:
-    """The aggregator app served by a real uvicorn server on a free port (in a thread of this process)."""
+@contextlib.contextmanager
+def serve_app(app) -> Iterator[str]:  # noqa: ANN001 - an ASGI app
+    """Serve `app` with a real uvicorn on a free loopback port, in a thread of this process; yields its URL."""
     import uvicorn
 
-    from cloud.app import CloudSettings, create_app
-
-    settings = CloudSettings(db_url=db_url, state_dir=tmp_path / "cloud-state", admin_token=ADMIN_TOKEN,
-                             dev_insecure_custodian=True, tick_seconds=0.1)
-    app = create_app(settings)
-    # Provisioning tokens are one-time; tests that enroll several nodes with ENROLL_TOKEN get it as a
-    # 100-use token (cloud tests issue their own one-time tokens through the admin API).
-    app.state.federation.issue_enrollment_token("test-fixture", token=ENROLL_TOKEN, uses=100)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -85,6 +78,23 @@ def cloud(tmp_path: Path, db_url: str) -> Iterator[CloudHandle]:
         if time.time() > deadline or not thread.is_alive():
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
-    yield CloudHandle(f"http://127.0.0.1:{port}", app, settings.state_dir, db_url)
-    server.should_exit = True
-    thread.join(timeout=15)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@pytest.fixture
+def cloud(tmp_path: Path, db_url: str) -> Iterator[CloudHandle]:
+    """The aggregator app served by a real uvicorn server on a free port (in a thread of this process)."""
+    from cloud.app import CloudSettings, create_app
+
+    settings = CloudSettings(db_url=db_url, state_dir=tmp_path / "cloud-state", admin_token=ADMIN_TOKEN,
+                             dev_insecure_custodian=True, tick_seconds=0.1)
+    app = create_app(settings)
+    # Provisioning tokens are one-time; tests that enroll several nodes with ENROLL_TOKEN get it as a
+    # 100-use token (cloud tests issue their own one-time tokens through the admin API).
+    app.state.federation.issue_enrollment_token("test-fixture", token=ENROLL_TOKEN, uses=100)
+    with serve_app(app) as url:
+        yield CloudHandle(url, app, settings.state_dir, db_url)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,35 +13,20 @@ from federation.drift import DRIFT_DOMAIN, histogram
 from federation.evaluation import EVALUATION_DOMAIN, save_validation_set
 from federation.signing import sign
 from federation.windows import make_windows
-from sim.broker import free_port
 from tests.cloud.participants import FakeNode
-from tests.conftest import ADMIN_TOKEN, CloudHandle
+from tests.conftest import ADMIN_TOKEN, CloudHandle, serve_app
 
 
 @contextlib.contextmanager
 def served(tmp_path: Path, **settings: object) -> Iterator[CloudHandle]:
     """The aggregator under a real uvicorn on a free port, with these CloudSettings overrides."""
-    import uvicorn
-
     from cloud.app import CloudSettings, create_app
 
     cfg = CloudSettings(db_url=f"sqlite:///{tmp_path / 'cloud.db'}", state_dir=tmp_path / "cloud-state",
                         admin_token=ADMIN_TOKEN, dev_insecure_custodian=True, tick_seconds=0.1, **settings)
     app = create_app(cfg)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started:
-        if time.time() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield CloudHandle(f"http://127.0.0.1:{port}", app, cfg.state_dir, cfg.db_url)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    with serve_app(app) as url:
+        yield CloudHandle(url, app, cfg.state_dir, cfg.db_url)
 
 
 def synthetic_windows(n_days: float = 1.0, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

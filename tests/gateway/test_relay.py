@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from federation.release import ReleaseManifest, make_release, verify_release
 from federation.signing import public_key_b64
 from gateway.cloud_client import CloudClient
 from gateway.relay import ModelRelay, model_topic
-from sim.broker import free_port
+from tests.conftest import serve_app
 
 
 class FakeCloud:
@@ -68,19 +67,9 @@ class FakeCloud:
 
 @pytest.fixture
 def fake_cloud():  # noqa: ANN201
-    import uvicorn
-
     cloud = FakeCloud()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(cloud.app(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    cloud.url = f"http://127.0.0.1:{port}"
-    yield cloud
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(cloud.app()) as cloud.url:
+        yield cloud
 
 
 def retained(broker, topic: str, timeout: float = 3.0) -> bytes | None:  # noqa: ANN001

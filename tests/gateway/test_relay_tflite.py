@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from fastapi import HTTPException
 from device.model_client import check_release
 from gateway.cloud_client import CloudClient
 from gateway.relay import ModelRelay, model_topic
-from sim.broker import free_port
+from tests.conftest import serve_app
 from tests.device.releases import bit_flipped, release_doc
 from tests.gateway.test_relay import FakeCloud, completed, retained
 
@@ -40,19 +39,9 @@ class TFLiteCloud(FakeCloud):
 
 @pytest.fixture
 def tflite_cloud():  # noqa: ANN201
-    import uvicorn
-
     cloud = TFLiteCloud()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(cloud.app(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    cloud.url = f"http://127.0.0.1:{port}"
-    yield cloud
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(cloud.app()) as cloud.url:
+        yield cloud
 
 
 def test_relay_publishes_the_verified_artifact_when_it_appears(tflite_cloud, mosquitto, tmp_path: Path) -> None:  # noqa: ANN001
