@@ -18,15 +18,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud import drift, gates, model_card
-from cloud.db import Alert, ModelVersion, Participant, PrivacySpend, Round
-from cloud.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from cloud.db import Alert, ModelVersion, PrivacySpend, Round
+from cloud.errors import BadRequest, Conflict, NotFound
 from cloud.governance_db import DriftReportRow, Evaluation, GateCheck
 from cloud.lineage import lineage
 from federation import evaluation
 from federation.drift import DRIFT_DOMAIN, DriftReport, check_counts
-from federation.errors import SchemaError, SignatureError
+from federation.errors import SchemaError
 from federation.evaluation import EVALUATION_DOMAIN, EvaluationReport
-from federation.signing import verify
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +108,8 @@ class GovernanceMixin:
         if rep.model_version != version:
             raise BadRequest(f"report is for model version {rep.model_version}, posted to {version}")
         with self._tx() as s:
-            p = s.get(Participant, rep.participant)
-            if p is None:
-                raise Forbidden(f"participant {rep.participant} is not enrolled")
-            try:
-                verify(p.public_key, rep.signed_doc(), rep.signature, domain=EVALUATION_DOMAIN)
-            except SignatureError as exc:
-                raise Unauthorized(str(exc)) from exc
+            self._verified_participant(s, rep.participant, rep.signed_doc(), rep.signature,
+                                       domain=EVALUATION_DOMAIN)
             m = s.get(ModelVersion, version)
             if m is None:
                 raise NotFound(f"model version {version} does not exist")
@@ -234,13 +228,7 @@ class GovernanceMixin:
         except SchemaError as exc:
             raise BadRequest(str(exc)) from exc
         with self._tx() as s:
-            p = s.get(Participant, rep.participant)
-            if p is None:
-                raise Forbidden(f"participant {rep.participant} is not enrolled")
-            try:
-                verify(p.public_key, rep.signed_doc(), rep.signature, domain=DRIFT_DOMAIN)
-            except SignatureError as exc:
-                raise Unauthorized(str(exc)) from exc
+            self._verified_participant(s, rep.participant, rep.signed_doc(), rep.signature, domain=DRIFT_DOMAIN)
             prior = s.scalar(select(DriftReportRow).where(DriftReportRow.report_id == rep.report_id))
             if prior is not None:
                 if prior.participant != rep.participant or prior.counts != rep.counts:
