@@ -2,8 +2,9 @@
 
 Training data: virtual patients' CGM privatised per reading on the device (device.ldp, as the fleet does),
 stored on the 5-min grid, optionally smoothed (federation.windows.Denoise), windowed and trained with the
-gateway's DP-SGD (gateway.trainer.train_dp). Evaluation: clean CGM of held-out patients (sim.evaluate), since a
-device forecasts from its own raw readings. Same seeds for every smoother; prints one row per (mechanism, eps).
+gateway's record-level DP-SGD (gateway.trainer.train_dp, unit "window", seeded simulation RNG). Evaluation: clean
+CGM of held-out patients (sim.evaluate), since a device forecasts from its own raw readings. Same seeds for every
+smoother; prints one row per (mechanism, eps).
 
     python -m bench.denoise [--patients 20 --days 3 --epochs 5 --seeds 2]
 """
@@ -18,6 +19,7 @@ from device.ldp import LDPSpec, privatize
 from device.sensor import synthetic_trace
 from federation import model
 from federation.clock import DEFAULT_SIM_START
+from federation.privacy_rng import PrivacyRNG
 from federation.windows import Denoise, windows_from_series
 from gateway.trainer import DPConfig, train_dp
 from sim.evaluate import evaluate, heldout_set
@@ -55,7 +57,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     held = heldout_set(source="synthetic", patients=10, days=2.0, seed=991)
-    cfg = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=64, lr=0.05)
+    cfg = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=64, lr=0.05, unit="window")
     names = list(CANDIDATES)
     print(f"held-out: {len(held.x)} windows from {held.patients} patients; DP-SGD noise 1.0, {args.epochs} epochs; "
           f"RMSE@30 mg/dL, mean of {args.seeds} seeds")
@@ -69,7 +71,8 @@ def main() -> None:
                                            seed=100 + s)
                 for n in names:
                     x, y = windows_from_series(series, denoise=CANDIDATES[n])
-                    res = train_dp(model.init_weights(seed=s), x, y, cfg=cfg, epochs=args.epochs, seed=s)
+                    res = train_dp(model.init_weights(seed=s), x, y, cfg=cfg, epochs=args.epochs,
+                                   rng=PrivacyRNG.simulation(s))
                     scores[n].append(evaluate(res.weights, held)["rmse30"])
             row = " | ".join(f"{np.mean(v):.1f}" for v in scores.values())
             print(f"| {mech} | {eps:g} | {row} |", flush=True)

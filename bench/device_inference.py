@@ -12,7 +12,9 @@ Run: ``python -m bench.device_inference [--repeats 5000]``
 Also: ``python -m bench.device_inference --write-validation cloud/data/validation_windows.npz`` writes the
 packaged validation windows (held-out UVA/Padova patients of `sim.evaluate.heldout_set`, 9 patients x 1 day),
 and ``--write-test-model tests/data/releases`` the checked-in test model (fitted weights, .tflite, calibration).
-Last line: ``device_inference: tflite_bytes=<n> litert_us=<t> torch_us=<t> max_abs_diff=<mg/dL>``
+Also timed: the device's feature computation for one window (`device.inference.AlertMonitor.window`, from a day
+of readings, basal deliveries and boluses). Last line: ``device_inference: tflite_bytes=<n> litert_us=<t>
+torch_us=<t> features_us=<t> max_abs_diff=<mg/dL>``
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def fit(*, seed: int = 7, epochs: int = 800) -> np.ndarray:
     data = heldout_set(source="uva-padova", patients=20, days=2.0, seed=seed)
     torch.manual_seed(seed)
     net = model.to_torch(model.init_weights(seed=seed))
-    x = torch.tensor(model.normalise(data.x))
+    x = torch.tensor(model.normalise_inputs(data.x))
     y = torch.tensor(model.normalise(data.y_cgm))
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     for _ in range(epochs):
@@ -72,6 +74,22 @@ def write_test_model(directory: Path) -> None:
     (directory / "calibration.json").write_text(json.dumps({"max_abs_diff_mgdl": ex.max_abs_diff_mgdl,
                                                             "calibration": ex.calibration.to_doc()}, indent=1) + "\n")
     print(f"wrote {directory}/forecaster.npy, forecaster.tflite ({len(ex.tflite)} B), calibration.json")
+
+
+def hub_with_a_day_of_history():  # -> device.inference.AlertMonitor
+    """A hub's monitor after a simulated day: a reading and a basal delivery every 5 min, four meal boluses."""
+    from device.inference import AlertMonitor
+
+    mon = AlertMonitor()
+    t0 = 1_767_225_600
+    for k in range(288):
+        t = t0 + 300 * k
+        mon.add_reading(t, 140.0 + 40.0 * np.sin(k / 20.0))
+        mon.add_insulin(t, 0.08)
+        if k % 72 == 30:
+            mon.add_carbs(t, 50.0)
+            mon.add_insulin(t, 4.0)
+    return mon
 
 
 def per_call_us(call, window: np.ndarray, repeats: int) -> float:  # noqa: ANN001
@@ -107,6 +125,7 @@ def main() -> None:
     export_s = time.perf_counter() - t
     lite = TFLiteForecaster(ex.tflite)
     module = tflite_export.torch_module(weights)
+    monitor = hub_with_a_day_of_history()
     window = x[len(x) // 2]
 
     def torch_call(w: np.ndarray) -> np.ndarray:
@@ -114,6 +133,7 @@ def main() -> None:
             return module(torch.from_numpy(w.astype(np.float32).reshape(1, -1))).numpy()
 
     litert_us = per_call_us(lite.predict_one, window, args.repeats)
+    features_us = per_call_us(lambda _w: monitor.window(), window, max(100, args.repeats // 10))
     torch_us = per_call_us(torch_call, window, args.repeats)
     buf = io.BytesIO()
     torch.save(module.state_dict(), buf)
@@ -125,8 +145,10 @@ def main() -> None:
           f"{len(buf.getvalue())} B (budget 200 KB: {len(ex.tflite) / 200_000:.1%})")
     print(f"latency per window (median of {args.repeats}, 1 thread): LiteRT ({lite.runtime}) {litert_us:.1f} us, "
           f"torch {torch_us:.1f} us: LiteRT is {torch_us / litert_us:.1f}x faster")
+    print(f"features on the device (device.inference.AlertMonitor.window: insulin/carbs on board, 24-h context from "
+          f"a day of readings and a pump's deliveries): {features_us:.1f} us per window")
     print(f"device_inference: tflite_bytes={len(ex.tflite)} litert_us={litert_us:.1f} torch_us={torch_us:.1f} "
-          f"max_abs_diff={ex.max_abs_diff_mgdl:.3g}")
+          f"features_us={features_us:.1f} max_abs_diff={ex.max_abs_diff_mgdl:.3g}")
 
 
 if __name__ == "__main__":

@@ -163,7 +163,7 @@ def run_fleet(rx: Receiver, port: int, *, devices: int, seconds: float, accel: f
     rx.reset(clock)
     status = work / "fleet-status.json"
     cmd = [sys.executable, "-m", "federation.cli", "fleet", "run", "--gateways", "bench", "--devices-per-gateway",
-           str(devices), "--broker-port", str(port), "--seed", "1", "--days", f"{days:.6f}", "--accel", str(accel),
+           str(devices), "--broker-port", str(port), "--days", f"{days:.6f}", "--accel", str(accel),
            "--sim-start", str(clock.sim_start), "--wall-start", str(clock.wall_start), "--state-dir",
            str(work / "fleet-state"), "--status-file", str(status), "--connect-rate", str(connect_rate),
            "--odometer-block", str(odometer_block), "--workers", str(workers)]
@@ -240,7 +240,8 @@ def baseline_worker(args: argparse.Namespace) -> None:
             time.sleep(delay)
         for i, c in enumerate(alive):
             dev = f"base-dev{i:05d}"
-            payload = encode_batch(ReadingBatch(device=dev, ldp=header, readings=(Reading(seq=k, t=t, value=120.0),)))
+            payload = encode_batch(ReadingBatch(epoch=1, device=dev, ldp=header,
+                                                readings=(Reading(seq=k, t=t, value=120.0),)))
             if c.publish(readings_topic("base", dev), payload, qos=1).rc == mqtt.MQTT_ERR_SUCCESS:
                 sampled += 1
     time.sleep(5.0)

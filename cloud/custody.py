@@ -26,6 +26,7 @@ from federation import ckks
 from federation.errors import WearfedError
 
 SHARE_PREFIX = "wfshare1"
+MIN_CUSTODY_THRESHOLD = 2
 AEAD = "AES-256-GCM"
 PUBLIC_CONTEXT_FILE = "public-context.bin"
 SEALED_FILE = "sealed-secret-context.json"
@@ -100,8 +101,9 @@ def parse_share(text: str, *, key_id: str) -> tuple[int, bytes]:
 
 def init_keys(state_dir: Path, *, custodians: int, threshold: int) -> list[str]:
     """Create, publish and seal the federation's CKKS keys; return the n shares (print them once)."""
-    if not 1 <= threshold <= custodians <= 255:
-        raise CustodyError(f"need 1 <= threshold <= custodians <= 255, got {threshold} of {custodians}")
+    if not MIN_CUSTODY_THRESHOLD <= threshold <= custodians <= 255:
+        raise CustodyError(f"need {MIN_CUSTODY_THRESHOLD} <= threshold <= custodians <= 255 (no one custodian may "
+                           f"unseal alone), got {threshold} of {custodians}")
     d = custody_dir(state_dir)
     if (d / SEALED_FILE).exists():
         raise CustodyError(f"{d / SEALED_FILE} exists: refusing to replace the federation's keys")

@@ -20,6 +20,8 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
@@ -106,6 +108,68 @@ class Update(Base):
     idempotency_key: Mapped[str] = mapped_column(String(128))
     bytes_received: Mapped[int] = mapped_column(Integer)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # the region whose aggregate carries this update (hierarchical aggregation); its ciphertext is then b"" here
+    region: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class Region(Base):
+    """A region relay (e.g. a regional health authority) that sums its participants' ciphertexts; its key is pinned
+    at enrollment like a participant's. `suspended` after a failed audit: its aggregates are refused."""
+
+    __tablename__ = "regions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    public_key: Mapped[str] = mapped_column(String(64))
+    enrolled_at: Mapped[datetime] = mapped_column(default=utcnow)
+    suspended: Mapped[str | None] = mapped_column(String(500), nullable=True)  # why, if suspended
+
+
+class RegionAggregateRow(Base):
+    """One aggregate a region forwarded: its signed statement, the participants' signed envelopes and the CKKS sum.
+    state: audit (the cloud asked for the inputs) | accepted | refused (the audit failed)."""
+
+    __tablename__ = "region_aggregates"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), index=True)
+    region: Mapped[str] = mapped_column(ForeignKey("regions.id"))
+    state: Mapped[str] = mapped_column(String(16))
+    statement: Mapped[dict] = mapped_column(JSON)
+    signature: Mapped[str] = mapped_column(String(200))
+    members: Mapped[list] = mapped_column(JSON)  # [{"envelope", "signature"}] in participant order
+    aggregate: Mapped[bytes] = mapped_column(LargeBinary)
+    aggregate_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    bytes_received: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+
+
+class SecAggRound(Base):
+    """A round's secure-aggregation sub-phase inside `collecting` (cloud.secagg) and who is still in it."""
+
+    __tablename__ = "secagg_rounds"
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), primary_key=True)
+    phase: Mapped[str] = mapped_column(String(16))  # advertise | share | input | consistency | unmask | ready
+    phase_deadline_at: Mapped[datetime] = mapped_column()
+    window_s: Mapped[float] = mapped_column(Float)  # how long a phase other than input waits for stragglers
+    u1: Mapped[list | None] = mapped_column(JSON, nullable=True)  # advertised keys
+    u2: Mapped[list | None] = mapped_column(JSON, nullable=True)  # sent their shares
+    u3: Mapped[list | None] = mapped_column(JSON, nullable=True)  # masked input accepted
+    u4: Mapped[list | None] = mapped_column(JSON, nullable=True)  # signed the view of U1, U2, U3
+    closing: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # stragglers and refusals at input close
+
+
+class SecAggMessage(Base):
+    """One signed secure-aggregation message of a participant in a round (keys, shares, consistency, unmask)."""
+
+    __tablename__ = "secagg_messages"
+    __table_args__ = (UniqueConstraint("round_id", "participant", "phase"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), index=True)
+    participant: Mapped[str] = mapped_column(ForeignKey("participants.id"))
+    phase: Mapped[str] = mapped_column(String(16))
+    doc: Mapped[dict] = mapped_column(JSON)
+    signature: Mapped[str] = mapped_column(String(200))
+    doc_sha256: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Refusal(Base):
@@ -147,6 +211,33 @@ class Alert(Base):
     at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class IntrusionLock(Base):
+    """Containment by intrusion response (cloud.intrusion): a locked address, bearer token or participant."""
+
+    __tablename__ = "intrusion_locks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_kind: Mapped[str] = mapped_column(String(16))  # address | token | participant | user
+    key: Mapped[str] = mapped_column(String(128), index=True)
+    rule: Mapped[str] = mapped_column(String(48))
+    detail: Mapped[dict] = mapped_column(JSON)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    until: Mapped[datetime | None] = mapped_column(nullable=True)  # None: until lifted (two-person rule)
+    lifted_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class Quarantine(Base):
+    """An update held back by intrusion response: never aggregated, kept (hash and envelope) as evidence."""
+
+    __tablename__ = "quarantine"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round_id: Mapped[int] = mapped_column(Integer, index=True)
+    participant: Mapped[str] = mapped_column(String(64))
+    ciphertext_sha256: Mapped[str] = mapped_column(String(64))
+    envelope: Mapped[dict] = mapped_column(JSON)
+    rule: Mapped[str] = mapped_column(String(48))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ModelVersion(Base):
     __tablename__ = "models"
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -174,6 +265,8 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(48), index=True)
     actor: Mapped[str] = mapped_column(String(64))
     detail: Mapped[dict] = mapped_column(JSON)
+    # the state rows this entry commits (cloud.state_binding); hashed into the leaf only when present
+    state_rows: Mapped[list | None] = mapped_column(JSON, nullable=True)
 
 
 class CheckpointRow(Base):
@@ -209,8 +302,22 @@ def make_engine(url: str) -> Engine:
 
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
+    from cloud.pg_locks import schema_lock  # replicas starting at once create the tables once
+
+    with schema_lock(engine):
+        Base.metadata.create_all(engine)
+        _add_missing_columns(engine)
     return engine
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Additive migration of a database made by an older version: nullable columns added since (``events.state_rows``,
+    the state binding; ``updates.region``, hierarchical aggregation); `create_all` creates missing tables but never
+    columns."""
+    for table, column, kind in (("events", "state_rows", JSON()), ("updates", "region", String(64))):
+        if column not in {c["name"] for c in inspect(engine).get_columns(table)}:
+            with engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} " + kind.compile(dialect=engine.dialect)))
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:

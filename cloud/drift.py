@@ -102,13 +102,34 @@ def assess(s: Session, row: DriftReportRow, cfg: DriftConfig, audit: Audit) -> N
         audit(s, "drift.cleared", "cloud", **detail)
 
 
+def score_pending(s: Session, cfg: DriftConfig, audit: Audit) -> int:
+    """Score the reports that arrived before the production model had a usable reference and read after its training
+    data (they would otherwise never be scored: a report is assessed when it arrives). Returns how many were."""
+    promoted = s.scalar(select(ModelVersion.version).where(ModelVersion.status == "promoted"))
+    ref = reference(s, promoted) if promoted is not None else None
+    if ref is None or ref[2] < cfg.min_reference_hours:
+        return 0
+    trained_until = max(float(w[1]) for rid in ref[1] for w in (s.get(DriftBaseline, rid).windows or []))
+    rows = s.scalars(select(DriftReportRow).where(DriftReportRow.kl.is_(None), DriftReportRow.n >= cfg.min_readings,
+                                                  DriftReportRow.t_start >= trained_until)
+                     .order_by(DriftReportRow.id)).all()
+    for row in rows:
+        assess(s, row, cfg, audit)
+    return len(rows)
+
+
 def summary(s: Session, cfg: DriftConfig) -> dict:
-    """Per participant: its latest scored report and whether it is in alert; plus the configuration."""
+    """Per participant: its latest report (`kl_nats` None when it was not scored), the latest report that was
+    scored (`scored_kl_nats`, `scored_t_end`; None if none was), how many were, and whether it is in alert."""
     out: dict[str, dict] = {}
     for row in s.scalars(select(DriftReportRow).order_by(DriftReportRow.id)):
-        out[row.participant] = {"reports": out.get(row.participant, {}).get("reports", 0) + 1,
+        prev = out.get(row.participant, {})
+        scored = {"scored_kl_nats": row.kl, "scored_t_end": row.t_end} if row.kl is not None else \
+            {k: prev.get(k) for k in ("scored_kl_nats", "scored_t_end")}
+        out[row.participant] = {"reports": prev.get("reports", 0) + 1,
+                                "scored_reports": prev.get("scored_reports", 0) + (row.kl is not None),
                                 "t_start": row.t_start, "t_end": row.t_end, "readings": row.n,
                                 "kl_nats": row.kl, "reference_version": row.reference_version,
-                                "alert": row.alert}
+                                "alert": row.alert, **scored}
     return {"threshold_nats": cfg.threshold, "min_readings": cfg.min_readings,
             "min_reference_hours": cfg.min_reference_hours, "bins": N_BINS, "participants": out}

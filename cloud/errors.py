@@ -1,16 +1,24 @@
 """Errors of the cloud tier, each mapped to one HTTP status at the API boundary.
 
-    CloudError (500)
-    ├── BadRequest (400)        malformed or inconsistent submission
-    ├── Unauthorized (401)      missing/invalid bearer token or signature
-    ├── Forbidden (403)         known caller, action not allowed (unknown participant, bad enroll token)
-    ├── NotFound (404)
-    ├── Conflict (409)          wrong state, wrong round, duplicate, late, stale base model
-    └── TooLarge (413)
+    WearfedError (federation.errors)
+    ├── CloudError (500)
+    │   ├── BadRequest (400)        malformed or inconsistent submission
+    │   ├── Unauthorized (401)      missing/invalid bearer token or signature
+    │   ├── Forbidden (403)         known caller, action not allowed (unknown participant, bad enroll token)
+    │   ├── NotFound (404)
+    │   ├── Conflict (409)          wrong state, wrong round, duplicate, late, stale base model
+    │   ├── TooLarge (413)
+    │   └── PrivacyViolation (400/403/409, cloud.privacy)  a DP report that is inconsistent or passes a cap
+    ├── CustodianRefusal (cloud.custodian)  the custodian declined to decrypt (fails the round, not a request)
+    ├── CustodyError (cloud.custody)        a share, seal or key file is wrong
+    ├── LedgerTampered (cloud.audit)        the audit ledger does not match its signed checkpoints
+    └── ExportError (cloud.tflite_export)   a TFLite export failed or disagreed with torch
 """
 
+from federation.errors import WearfedError
 
-class CloudError(Exception):
+
+class CloudError(WearfedError):
     status = 500
 
     def __init__(self, reason: str) -> None:
@@ -41,11 +49,3 @@ class Conflict(CloudError):
 class TooLarge(CloudError):
     status = 413
 
-
-
-def for_status(status: int, reason: str) -> CloudError:
-    """The CloudError subclass for an HTTP status (a plain CloudError for any other)."""
-    for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict, TooLarge):
-        if cls.status == status:
-            return cls(reason)
-    return CloudError(reason)

@@ -19,6 +19,14 @@ held-out patients, ``validation`` computed by the cloud on its synthetic set): a
     lineage_epsilon_max = 30.0        # sum over the version's lineage rounds of the largest round epsilon
     participant_cap = true            # no contributor of this round above its cumulative epsilon cap
 
+    [fairness]                        # per age group (children, adolescents, adults): `cloud.fairness`
+    worst_group_rmse30_max_mgdl = 40.0
+    group_rmse30_gap_max_mgdl = 15.0
+    worst_group_hypo_sens30_min = 0.1
+    group_hypo_sens30_gap_max = 0.8
+    min_group_hypo_events = 10
+    require = ["validation"]
+
 Any key may be omitted (its default applies, see `GateConfig`); set a threshold to ``false`` to switch that
 gate off. Unknown sections or keys are errors, so a typo never silently disables a gate.
 """
@@ -29,6 +37,8 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cloud import fairness
+from cloud.fairness import FairnessConfig
 from federation.errors import ConfigError
 from federation.evaluation import SOURCES
 
@@ -39,7 +49,13 @@ _FIELDS = {
                  "require"},
     "sources": {"require"},
     "privacy": {"lineage_epsilon_max", "participant_cap"},
+    "fairness": {*fairness.KEYS, "require", "sources"},
 }
+# the defaults of gates.default.toml's [fairness] (docs/governance.md, "Fairness gates")
+DEFAULT_FAIRNESS = FairnessConfig(worst_group_rmse30_max_mgdl=40.0, group_rmse30_gap_max_mgdl=15.0,
+                                  worst_group_hypo_sens30_min=0.1, group_hypo_sens30_gap_max=0.8,
+                                  min_group_hypo_events=10.0, require=("validation",),
+                                  sources=("validation",))
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,7 @@ class GateConfig:
     require_sources: tuple[str, ...] = ("posted",)
     lineage_epsilon_max: float | None = 30.0
     participant_cap: bool = True
+    fairness: FairnessConfig = DEFAULT_FAIRNESS
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -69,7 +86,8 @@ class GateResult:
 
     @property
     def message(self) -> str:
-        kind = "privacy" if self.gate in ("lineage_epsilon_max", "participant_epsilon_cap") else "accuracy"
+        kind = ("privacy" if self.gate in ("lineage_epsilon_max", "participant_epsilon_cap") else
+                "fairness" if self.gate in fairness.GATES else "accuracy")
         where = f" ({self.source})" if self.source else ""
         return f"{kind} gate {self.gate}{where}: {self.detail}"
 
@@ -98,12 +116,7 @@ def _number(section: str, key: str, value: object, *, lo: float, hi: float) -> f
 
 
 def _names(section: str, value: object, allowed: tuple[str, ...]) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"gates: [{section}] require must be a list of strings, got {value!r}")
-    bad = [v for v in value if v not in allowed]
-    if bad:
-        raise ConfigError(f"gates: [{section}] require has unknown {bad}; allowed: {list(allowed)}")
-    return tuple(value)
+    return fairness.name_list(value, allowed, what=f"gates: [{section}] require")
 
 
 def parse_gates(doc: dict, *, where: str = "gates") -> GateConfig:
@@ -136,6 +149,11 @@ def parse_gates(doc: dict, *, where: str = "gates") -> GateConfig:
         if not isinstance(priv["participant_cap"], bool):
             raise ConfigError(f"{where}: [privacy] participant_cap must be true or false")
         kw["participant_cap"] = priv["participant_cap"]
+    if "fairness" in doc:
+        given = fairness.parse(doc["fairness"], where=where)
+        # omitted keys keep the shipped defaults, as in the other sections
+        kw["fairness"] = FairnessConfig(**{k: getattr(given if k in doc["fairness"] else DEFAULT_FAIRNESS, k)
+                                           for k in FairnessConfig.__dataclass_fields__})
     return GateConfig(**kw)
 
 
@@ -164,6 +182,7 @@ def check(cfg: GateConfig, c: Candidate) -> list[GateResult]:
                               f"{metric} reported by {have}" if have else f"no source reported {metric}"))
     for source, m in sorted(c.metrics.items()):
         out.extend(_metric_gates(cfg, c, source, m))
+        out.extend(GateResult(gate, ok, detail, source) for gate, ok, detail in fairness.check(cfg.fairness, source, m))
     if cfg.lineage_epsilon_max is not None:
         ok = c.lineage_epsilon <= cfg.lineage_epsilon_max
         out.append(GateResult("lineage_epsilon_max", ok,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Float, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, Float, Integer, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cloud.db import Base, utcnow
@@ -66,3 +66,32 @@ class DriftBaseline(Base):
     n: Mapped[int] = mapped_column(Integer)
     participants: Mapped[list] = mapped_column(JSON)
     windows: Mapped[list] = mapped_column(JSON, default=list)  # distinct [t_start, t_end] of the pooled reports
+
+
+class PendingAction(Base):
+    """A two-person action (`cloud.approvals`): requested by one user, carried out only when a different user with
+    the approver role approves it. `params` hold no secrets (tokens only as SHA-256)."""
+
+    __tablename__ = "pending_actions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    action: Mapped[str] = mapped_column(String(48), index=True)
+    params: Mapped[dict] = mapped_column(JSON)
+    requested_by: Mapped[str] = mapped_column(String(64))
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending|approved|rejected|expired
+    decided_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+class ModelExplanationRow(Base):
+    """Attributions of one model version's forecasts on the cloud's validation cohort (`cloud.explanations`): JSON
+    bytes, so the state binding logs their SHA-256 rather than the whole document."""
+
+    __tablename__ = "model_explanations"
+    model_version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -2,7 +2,8 @@
 
 Epsilon is a pure function of the (noise multiplier, sample rate, steps) history
 (`federation.dp_accounting.epsilon`, Opacus' PRV or RDP accountant), so the cloud recomputes it instead of
-trusting the declared number. Unit: one training window; delta as declared (at most 1e-5, DESIGN.md).
+trusting the declared number. Unit: as the report declares it (`DPReport.unit`: "patient" for user-level DP-SGD,
+"window" where a node chose record-level); delta as declared (at most 1e-5, DESIGN.md).
 """
 
 from __future__ import annotations
@@ -10,22 +11,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from federation import dp_accounting
+from cloud.errors import CloudError
+from federation import dp_accounting, limits
 from federation.wire import DPReport
 
 RELATIVE_TOLERANCE = 1e-6  # the node runs the same accountant code: any larger gap is understatement
 ABSOLUTE_TOLERANCE = 1e-9
-MAX_DELTA = 1e-5
+MAX_DELTA = limits.MAX_DELTA
 
 Step = tuple[float, float, int]
 
 
-class PrivacyViolation(ValueError):
+class PrivacyViolation(CloudError):
     """The declared DP report is inconsistent, understated, or passes the cap; `status` is the HTTP status."""
 
     def __init__(self, reason: str, *, status: int) -> None:
         super().__init__(reason)
-        self.reason = reason
         self.status = status
 
 
@@ -63,12 +64,12 @@ def check_report(dp: DPReport, *, previous: Sequence[Sequence[float]], cap: floa
         raise PrivacyViolation(f"history cannot be accounted: {exc}", status=400) from exc
     if _understated(dp.epsilon_cumulative, cumulative):
         raise PrivacyViolation(f"declared cumulative epsilon {dp.epsilon_cumulative:.6g} understates the "
-                               f"recomputed {cumulative:.6g} (delta {dp.delta}, per window, {dp.accountant})",
+                               f"recomputed {cumulative:.6g} (delta {dp.delta}, per {dp.unit}, {dp.accountant})",
                                status=400)
     if _understated(dp.epsilon_round, this_round):
         raise PrivacyViolation(f"declared round epsilon {dp.epsilon_round:.6g} understates the recomputed "
-                               f"{this_round:.6g} (delta {dp.delta}, per window, {dp.accountant})", status=400)
+                               f"{this_round:.6g} (delta {dp.delta}, per {dp.unit}, {dp.accountant})", status=400)
     if cap is not None and cumulative > cap:
-        raise PrivacyViolation(f"privacy cap: cumulative epsilon {cumulative:.6g} (delta {dp.delta}, per window, "
+        raise PrivacyViolation(f"privacy cap: cumulative epsilon {cumulative:.6g} (delta {dp.delta}, per {dp.unit}, "
                                f"{dp.accountant}) would pass the cap {cap}", status=403)
     return Spend(history=history, epsilon_cumulative=cumulative, epsilon_round=this_round)

@@ -2,13 +2,13 @@
 
 Conversion runs in one child process (spawned on first use), so it never competes with the API for the GIL.
 
-Every promotion and every rollback (hooks on `Federation`) takes the next release serial and queues one job on
-a single worker thread: export the version with `cloud.tflite_export` (or reuse its cached file), check the
-LiteRT/torch agreement, calibrate, and sign a `federation.release.TFLiteManifest` with the release key.
+Every promotion and every rollback (a release hook of `cloud.promotion.Promotion`) takes the next release serial
+and queues one job on a single worker thread: export the version with `cloud.tflite_export` (or reuse its cached
+file), check the LiteRT/torch agreement, calibrate, and sign a `federation.release.TFLiteManifest` with the release key.
 State under ``<state-dir>/releases``: ``index.json`` (last serial, head), ``v<N>.tflite`` + ``v<N>.json`` per
 exported version, ``v<N>.refused.json`` when the agreement check refused it, ``signed/<serial>.json``.
 
-API (`mount`): GET /v1/releases/current/tflite (the head, if it is the promoted version),
+API (`cloud.api.registry`): GET /v1/releases/current/tflite (the head, if it is the promoted version),
 GET /v1/models/{version}/release/tflite, GET /v1/releases/tflite-status. Until an artifact exists they
 answer 409 with the reason: export pending, litert-torch not installed, export disabled, agreement refused.
 Set ``WEARFED_TFLITE_EXPORT=off`` to switch exports off, ``WEARFED_RELEASE_VALIDATION`` to an .npz of
@@ -17,7 +17,6 @@ validation windows (default: the packaged set).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -33,21 +32,26 @@ import numpy as np
 
 from cloud import tflite_export
 from cloud.errors import Conflict, NotFound
+from cloud.registry import Registry
+from cloud.store import Store
 from federation.release import Calibration, TFLiteManifest, make_tflite_release
+from federation.runtime import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 EXPORT_ENV = "WEARFED_TFLITE_EXPORT"
 VALIDATION_ENV = "WEARFED_RELEASE_VALIDATION"
 
 
-def _write_json(path: Path, doc: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, sort_keys=True))
-    os.replace(tmp, path)
+def _exit_with_parent(parent: int, output: str | None = None) -> None:
+    """Runs in the export child: leave as soon as the cloud process is gone (a SIGKILL included), never orphaned.
+    With `output`, the child's stdout and stderr (litert-torch's and torchao's import-time warnings) go to that
+    file instead of the cloud's log; its errors still reach the cloud as exceptions."""
+    if output is not None:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
 
-
-def _exit_with_parent(parent: int) -> None:
-    """Runs in the export child: leave as soon as the cloud process is gone (a SIGKILL included), never orphaned."""
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
@@ -59,9 +63,9 @@ def _exit_with_parent(parent: int) -> None:
 class ReleaseArtifacts:
     """TFLite artifacts of promoted versions, one signed document per release serial."""
 
-    def __init__(self, fed, directory: Path, *, validation: Path | None = None,  # noqa: ANN001 - Federation
+    def __init__(self, store: Store, registry: Registry, directory: Path, *, validation: Path | None = None,
                  enabled: bool | None = None, warm: bool = False) -> None:
-        self.fed, self.dir = fed, Path(directory)
+        self.store, self.registry, self.dir = store, registry, Path(directory)
         (self.dir / "signed").mkdir(parents=True, exist_ok=True)
         env = os.environ.get(VALIDATION_ENV)
         self.validation = validation or (Path(env) if env else None)
@@ -86,7 +90,7 @@ class ReleaseArtifacts:
         with self._lock:
             serial = int(self._index["serial"]) + 1
             self._index = {"serial": serial, "head": {"serial": serial, "version": int(version)}}
-            _write_json(self.dir / "index.json", self._index)
+            atomic_write_json(self.dir / "index.json", self._index)
             if not self.enabled:
                 self._state[serial] = f"TFLite export is off on this cloud ({EXPORT_ENV}=off)"
                 return None
@@ -102,7 +106,9 @@ class ReleaseArtifacts:
     def _converter_pool(self) -> ProcessPoolExecutor:
         if self._converter is None:
             self._converter = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                                  initializer=_exit_with_parent, initargs=(os.getpid(),))
+                                                  initializer=_exit_with_parent,
+                                                  initargs=(os.getpid(), str(self.dir / "exporter.log")))
+            log.info("TFLite exporter started; its third-party output goes to %s", self.dir / "exporter.log")
         return self._converter
 
     def _export(self, weights: np.ndarray, x: np.ndarray, y: np.ndarray) -> tflite_export.Export:
@@ -124,8 +130,7 @@ class ReleaseArtifacts:
             self._state[serial] = f"export failed: {exc}"
 
     def _export_and_sign(self, serial: int, version: int) -> str:
-        m = self.fed.get_model(version)
-        weights = np.frombuffer(base64.b64decode(m["weights"]), dtype=np.float32)
+        m = self.registry.get(version)
         refused = self.dir / f"v{version}.refused.json"
         if refused.exists():
             return json.loads(refused.read_text())["reason"]
@@ -139,23 +144,24 @@ class ReleaseArtifacts:
                 return f"no TFLite artifact: {missing}"
             x, y = tflite_export.load_validation(self.validation)
             try:
-                ex = self._export(weights, x, y)
+                ex = self._export(self.registry.weights_of(m), x, y)
             except tflite_export.AgreementError as exc:
-                _write_json(refused, {"reason": f"refused: {exc}"})
-                self.fed.record("release.tflite_refused", "cloud", version=version, reason=str(exc))
+                atomic_write_json(refused, {"reason": f"refused: {exc}"})
+                self.store.record("release.tflite_refused", "cloud", version=version, reason=str(exc))
                 log.error("release %d: v%d refused: %s", serial, version, exc)
                 return f"refused: {exc}"
             data = ex.tflite
             info = {"max_abs_diff_mgdl": ex.max_abs_diff_mgdl, "calibration": ex.calibration.to_doc()}
-            path.write_bytes(data)
-            _write_json(meta, info)
-        manifest = TFLiteManifest(format="tflite", version=version, serial=serial, created_at=m["created_at"],
-                                  architecture=m["architecture"], model_hash=m["hash"],
+            atomic_write_bytes(path, data)
+            atomic_write_json(meta, info)
+        manifest = TFLiteManifest(format="tflite", version=version, serial=serial, created_at=m.created_at,
+                                  architecture=m.architecture, model_hash=m.hash,
                                   tflite_sha256=hashlib.sha256(data).hexdigest(),
                                   tflite_bytes=len(data), max_abs_diff_mgdl=float(info["max_abs_diff_mgdl"]),
                                   calibration=Calibration.from_doc(info["calibration"]).to_doc())
-        _write_json(self.dir / "signed" / f"{serial}.json", make_tflite_release(manifest, data, self.fed.release_key))
-        self.fed.record("release.tflite_signed", "cloud", version=version, serial=serial,
+        signed = make_tflite_release(manifest, data, self.registry.release_key)
+        atomic_write_json(self.dir / "signed" / f"{serial}.json", signed)
+        self.store.record("release.tflite_signed", "cloud", version=version, serial=serial,
                         sha256=manifest.tflite_sha256, bytes=len(data), max_abs_diff_mgdl=manifest.max_abs_diff_mgdl)
         log.info("release %d: model v%d signed as TFLite (%d B, max |LiteRT - torch| %.3g mg/dL)", serial, version,
                  len(data), manifest.max_abs_diff_mgdl)
@@ -176,7 +182,7 @@ class ReleaseArtifacts:
 
     def current(self) -> dict:
         """The signed TFLite release of the promoted version (queues one when the head is not it)."""
-        promoted = self.fed.promoted_version()
+        promoted = self.registry.promoted_version()
         with self._lock:
             head = self._index.get("head")
             if head is None or head["version"] != promoted or (
@@ -203,24 +209,3 @@ class ReleaseArtifacts:
                 "signed" if self._signed(head["serial"]) else self._state.get(head["serial"], "unsigned"),
                 "max_abs_diff_limit_mgdl": tflite_export.MAX_ABS_DIFF_MGDL}
 
-
-def mount(app, fed, state_dir: Path, *, validation: Path | None = None,  # noqa: ANN001
-          warm: bool = False) -> ReleaseArtifacts:
-    """Create the artifacts store, hook it on promotion/rollback, and add its routes to the FastAPI app."""
-    releases = ReleaseArtifacts(fed, Path(state_dir) / "releases", validation=validation, warm=warm)
-    fed.release_hooks.append(releases.on_change)
-    app.state.releases = releases
-
-    @app.get("/v1/releases/current/tflite", tags=["public"])
-    def current_tflite() -> dict:
-        return releases.current()
-
-    @app.get("/v1/models/{version}/release/tflite", tags=["public"])
-    def version_tflite(version: int) -> dict:
-        return releases.for_version(version)
-
-    @app.get("/v1/releases/tflite-status", tags=["public"])
-    def tflite_status() -> dict:
-        return releases.status()
-
-    return releases

@@ -5,8 +5,9 @@ Agreement: the LiteRT forecasts on the validation windows must be within `MAX_AB
 else `AgreementError` and no release. The same windows give the confidence calibration: the mean and SD of
 (target - forecast) at +30/+60 min (a Gaussian residual model, our choice; see docs/release.md).
 
-Validation windows are real held-out windows: `load_validation(path)` reads an .npz with ``x`` (n, 24) and
-``y`` (n, 2) in mg/dL; the packaged default (cloud/data/validation_windows.npz) was written from the
+Validation windows are real held-out windows: `load_validation(path)` reads an .npz with ``x`` (n, N_INPUTS)
+model inputs (24 glucose values in mg/dL, then the insulin/carb/time features) and ``y`` (n, 2) in mg/dL; the
+packaged default (cloud/data/validation_windows.npz) was written from the
 simulator's held-out UVA/Padova patients by ``python -m bench.device_inference --write-validation PATH``.
 """
 
@@ -66,21 +67,21 @@ def warm_up() -> None:
 
 
 def load_validation(path: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(x (n, 24), y (n, 2)) validation windows in mg/dL from an .npz; the packaged set by default."""
+    """(x (n, N_INPUTS), y (n, 2)) validation windows from an .npz; the packaged set by default."""
     path = Path(path or DEFAULT_VALIDATION)
     try:
         with np.load(path) as doc:
             x, y = np.asarray(doc["x"], dtype=np.float64), np.asarray(doc["y"], dtype=np.float64)
     except (OSError, KeyError, ValueError) as exc:
         raise SchemaError(f"cannot read validation windows from {path}: {exc}") from exc
-    if x.ndim != 2 or x.shape[1] != model.HISTORY_STEPS or y.shape != (len(x), len(model.HORIZON_STEPS)) \
+    if x.ndim != 2 or x.shape[1] != model.N_INPUTS or y.shape != (len(x), len(model.HORIZON_STEPS)) \
             or len(x) == 0 or not (np.isfinite(x).all() and np.isfinite(y).all()):
-        raise SchemaError(f"{path}: need finite x (n, {model.HISTORY_STEPS}) and y (n, 2), n > 0; "
-                          f"got {x.shape}, {y.shape}")
+        raise SchemaError(f"{path}: need finite x (n, {model.N_INPUTS}) and y (n, 2), n > 0, for "
+                          f"{model.ARCHITECTURE}; got {x.shape}, {y.shape}")
     return x, y
 
 
-def torch_module(weights: np.ndarray):  # -> torch.nn.Module mapping mg/dL (n, 24) to mg/dL (n, 2)
+def torch_module(weights: np.ndarray):  # -> torch.nn.Module mapping raw inputs (n, N_INPUTS) to mg/dL (n, 2)
     """The forecaster with its standardisation inside, as exported (imports torch)."""
     import torch
 
@@ -88,9 +89,11 @@ def torch_module(weights: np.ndarray):  # -> torch.nn.Module mapping mg/dL (n, 2
         def __init__(self) -> None:
             super().__init__()
             self.inner = model.to_torch(weights)
+            self.register_buffer("center", torch.from_numpy(model.INPUT_CENTER.copy()))
+            self.register_buffer("scale", torch.from_numpy(model.INPUT_SCALE.copy()))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            z = (x - model.GLUCOSE_CENTER) / model.GLUCOSE_SCALE
+            z = (x - self.center) / self.scale
             return self.inner(z) * model.GLUCOSE_SCALE + model.GLUCOSE_CENTER
 
     return MgdlForecaster().eval()
@@ -104,14 +107,14 @@ def torch_forecast(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def convert(weights: np.ndarray) -> bytes:
-    """The .tflite bytes of this weight vector (litert-torch; a fixed input of shape (1, 24))."""
+    """The .tflite bytes of this weight vector (litert-torch; a fixed input of shape (1, N_INPUTS))."""
     reason = exporter_missing()
     if reason:
         raise ExporterMissing(reason)
     import litert_torch
     import torch
 
-    sample = (torch.full((1, model.HISTORY_STEPS), model.GLUCOSE_CENTER, dtype=torch.float32),)
+    sample = (torch.from_numpy(model.INPUT_CENTER.copy()).reshape(1, model.N_INPUTS),)
     try:
         edge = litert_torch.convert(torch_module(weights), sample)
         with tempfile.TemporaryDirectory(prefix="wearfed-tflite-") as tmp:

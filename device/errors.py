@@ -2,9 +2,14 @@
 
     WearfedError (federation.errors)
     └── DeviceError
-        ├── ProfileError     a firmware profile has a missing or impossible field (the message names it)
-        ├── SpoolError       the on-disk store-and-forward queue cannot be opened or is inconsistent
-        └── ProvisionError   broker credentials, ACL or certificates cannot be written or are invalid
+        ├── ProfileError        a firmware profile or a command-line override has a missing or impossible field
+        ├── SpoolError          the on-disk store-and-forward queue cannot be opened or is inconsistent
+        ├── ProvisionError      broker credentials, ACL or certificates cannot be written or are invalid
+        ├── LDPError            a bad local-DP parameter or input (device.ldp; also a ValueError)
+        ├── OdometerStateError  the privacy odometer's state file is corrupt (never silently reset)
+        ├── BudgetExhausted     a spend would pass the privacy budget of the day (device.odometer)
+        ├── MqttError           the broker connection failed, was refused, timed out or broke the protocol
+        └── ModelRefused        a model release failed verification (device.model_client; `reason` says which)
 """
 
 from federation.errors import ConfigError, WearfedError

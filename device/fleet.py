@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from device.profiles import Profile
 from device.publisher import Broker, DeviceConfig, DeviceStats, run_device
 from device.spool import Spool
 from federation.clock import SimClock
+from federation.runtime import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,10 @@ def fleet_configs(*, gateways: list[str], devices_per_gateway: int, seed: int, d
                   credentials: dict[str, dict[str, str]] | None = None,
                   odometer_block: int = 12, random_sensor_age: bool = False,
                   trace_file: Path | None = None, release_key: str | None = None,
-                  alert_confidence: float = DEFAULT_ALERT_CONFIDENCE, linger: bool = False) -> list[DeviceConfig]:
+                  alert_confidence: float = DEFAULT_ALERT_CONFIDENCE, linger: bool = False,
+                  mqtt_keepalive_s: int = 60, mqtt_timeout_s: float = 10.0,
+                  privacy_rng: str = "secure", privacy_unit: str | None = None,
+                  daily_budget: float | None = None) -> list[DeviceConfig]:
     """Device ids are ``<gateway>-devNNN``; `credentials` maps a device id to its username and password.
 
     With a profile that runs the forecaster, every device pins `release_key` (the cloud's release public key)
@@ -46,7 +49,10 @@ def fleet_configs(*, gateways: list[str], devices_per_gateway: int, seed: int, d
                                     batch_size=batch_size, username=c.get("username"), password=c.get("password"),
                                     odometer_block=odometer_block, random_sensor_age=random_sensor_age,
                                     trace_file=trace_file, release_key=release_key,
-                                    alert_confidence=alert_confidence, linger=linger))
+                                    alert_confidence=alert_confidence, linger=linger,
+                                    mqtt_keepalive_s=mqtt_keepalive_s, mqtt_timeout_s=mqtt_timeout_s,
+                                    privacy_rng=privacy_rng, privacy_unit=privacy_unit,
+                                    daily_budget=daily_budget))
     return out
 
 
@@ -73,15 +79,14 @@ def summary(stats: dict[str, DeviceStats]) -> dict:
         "hypo_alerts": sum(s.alerts.get("hypo_alerts", 0) for s in stats.values()),
         "hyper_alerts": sum(s.alerts.get("hyper_alerts", 0) for s in stats.values()),
         "reviews": sum(s.alerts.get("hypo_reviews", 0) + s.alerts.get("hyper_reviews", 0) for s in stats.values()),
+        "privacy_rng": sorted({s.privacy_rng for s in stats.values()}),
     }
 
 
 def write_status(path: Path, stats: dict[str, DeviceStats]) -> None:
     """Atomically write the fleet's counters (read by the replay orchestrator and operators)."""
     doc = summary(stats) | {"per_device": {k: asdict(v) for k, v in stats.items()}}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
+    atomic_write_json(path, doc)
 
 
 def run_shards(argv: list[str], *, workers: int, state_dir: Path, wall_start: float,
@@ -136,9 +141,9 @@ def _merge_status(files: list[Path], path: Path) -> None:
                 out[k] = min(vals) if vals else None
             elif isinstance(v, (int, float)) and k != "updated":
                 out[k] = out.get(k, 0) + v
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out))
-    os.replace(tmp, path)
+            elif k == "privacy_rng":
+                out[k] = sorted(set(out.get(k, [])) | set(v))
+    atomic_write_json(path, out)
 
 
 async def run_fleet(configs: list[DeviceConfig], clock: SimClock, broker: Broker, *, state_dir: Path,

@@ -5,7 +5,9 @@ the TFLite artifact under ``tflite`` (`federation.release`). Checks, in this ord
 its reason (``REASONS``) and reported on the device's retained status topic:
 
 1. ``oversized``      the payload is larger than the profile's ``max_model_bytes`` could ever need (before parsing)
-2. ``malformed``      not JSON, or the TFLite document or its manifest does not match the schema
+2. ``malformed``      not JSON (NaN/Infinity literals and nesting deeper than the parser's stack included), or the
+                      TFLite document or its manifest does not match the schema (any value that cannot be
+                      canonically encoded, e.g. NaN, too)
 3. ``no-artifact``    a release without a TFLite artifact (the cloud has not exported it)
 4. ``unsigned``       the artifact carries no signature
 5. ``no-release-key`` the device has no pinned release key, so it cannot verify anything
@@ -25,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,17 +36,13 @@ from federation import model
 from federation.errors import SchemaError, SignatureError
 from federation.litert import LiteRTError, TFLiteForecaster
 from federation.release import Calibration, DigestError, SizeError, verify_tflite_release
-from federation.telemetry import TOPIC_ROOT
+from federation.runtime import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 REASONS = ("oversized", "malformed", "no-artifact", "unsigned", "no-release-key", "bad-signature", "tampered",
            "stale", "wrong-architecture", "unloadable")
 PAYLOAD_SLACK_BYTES = 256 * 1024  # the base release (raw weights, manifest) travels beside the artifact
 _FORECASTERS: dict[str, TFLiteForecaster] = {}  # one interpreter per distinct file in this process (sha256)
-
-
-def model_topic(gateway: str) -> str:
-    return f"{TOPIC_ROOT}/{gateway}/model"
 
 
 class ModelRefused(DeviceError):
@@ -65,16 +62,27 @@ class LoadedModel:
     forecaster: TFLiteForecaster
 
 
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def max_payload_bytes(max_bytes: int) -> int:
+    """The largest model-topic payload a device with a `max_bytes` model limit accepts (base64 + the base release)."""
+    return 4 * (max_bytes // 3 + 1) + PAYLOAD_SLACK_BYTES
+
+
 def check_release(payload: bytes, *, public_key: str | None, max_bytes: int,
                   current: LoadedModel | None = None) -> LoadedModel | None:
     """Verify a model-topic payload; the model to load, None for a redelivery of the loaded one, else ModelRefused."""
-    limit = 4 * (max_bytes // 3 + 1) + PAYLOAD_SLACK_BYTES
+    limit = max_payload_bytes(max_bytes)
     if len(payload) > limit:
         raise ModelRefused("oversized", f"payload of {len(payload)} B exceeds {limit} B for a {max_bytes} B model")
     try:
-        doc = json.loads(payload)
+        doc = json.loads(payload, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelRefused("malformed", f"not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ModelRefused("malformed", "not JSON: nested deeper than the parser allows") from exc
     if not isinstance(doc, dict):
         raise ModelRefused("malformed", "the release is not a JSON object")
     artifact = doc.get("tflite")
@@ -96,6 +104,8 @@ def check_release(payload: bytes, *, public_key: str | None, max_bytes: int,
         raise ModelRefused("tampered", str(exc)) from exc
     except SignatureError as exc:
         raise ModelRefused("bad-signature", str(exc)) from exc
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:  # e.g. a value JSON cannot encode
+        raise ModelRefused("malformed", f"{type(exc).__name__}: {exc}") from exc
     if current is not None:
         if manifest.serial == current.serial and manifest.tflite_sha256 == current.sha256:
             return None
@@ -132,9 +142,11 @@ class ModelClient:
         try:
             new = check_release(payload, public_key=self.public_key, max_bytes=self.max_bytes, current=self.loaded)
         except ModelRefused as exc:
-            self.refusals[exc.reason] += 1
-            self.last_refusal = {"reason": exc.reason, "detail": exc.detail[:200]}
-            log.warning("%s: model release refused (%s): %s", self.device_id, exc.reason, exc.detail)
+            self.refuse(exc.reason, exc.detail)
+            return False
+        except Exception as exc:  # a check that failed in an unforeseen way still refuses, counted and reported
+            log.exception("%s: model release check failed", self.device_id)
+            self.refuse("malformed", f"check failed: {type(exc).__name__}: {exc}")
             return False
         if new is None:
             return False
@@ -145,6 +157,12 @@ class ModelClient:
                  new.forecaster.runtime)
         return True
 
+    def refuse(self, reason: str, detail: str) -> None:
+        """Count a refused release under `reason` (one of REASONS); the status topic reports it."""
+        self.refusals[reason] += 1
+        self.last_refusal = {"reason": reason, "detail": detail[:200]}
+        log.warning("%s: model release refused (%s): %s", self.device_id, reason, detail[:500])
+
     def _blob(self, digest: str) -> Path:
         return self.state_path.parent / "blobs" / f"{digest}.json"
 
@@ -153,8 +171,8 @@ class ModelClient:
         blob = self._blob(digest)
         blob.parent.mkdir(parents=True, exist_ok=True)
         if not blob.exists():
-            _atomic_write(blob, payload)
-        _atomic_write(self.state_path, json.dumps({"payload_sha256": digest}).encode())
+            atomic_write_bytes(blob, payload)
+        atomic_write_bytes(self.state_path, json.dumps({"payload_sha256": digest}).encode())
 
     def _read_persisted(self, path: Path) -> bytes:
         """The payload the pointer names (any damage surfaces as a refusal when it is verified again)."""
@@ -171,7 +189,3 @@ class ModelClient:
                 "model_refusals": dict(sorted(self.refusals.items())), "last_refusal": self.last_refusal}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

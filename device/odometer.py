@@ -1,9 +1,11 @@
 """Per-device privacy odometer: pure-epsilon LDP spend per UTC day and lifetime, persisted atomically.
 
-Unit of privacy: one reading (event-level LDP). Each privatised reading costs ``epsilon_per_reading``;
-readings compose sequentially, so a day's spend is the sum over that day's readings (delta = 0, pure LDP).
-The day is the UTC calendar day of the reading's *simulated* timestamp (see ``utc_day``). A device stops
-sending when ``spend`` raises ``BudgetExhausted``.
+Unit of privacy: the patient-day (default): every release of the day, of every stream (glucose, insulin,
+carbs), is charged its epsilon, and the day's sum may not pass the cap (the budget per patient-day); releases
+compose sequentially (delta = 0, pure LDP). The event-level option (unit ``reading``) charges the same way but
+guarantees only each release's own epsilon; the cap then bounds a day's releases. The day is the UTC calendar
+day of the release's *simulated* timestamp (see ``utc_day``). A device stops releasing when a charge raises
+``BudgetExhausted``.
 
 State lives in one JSON file, rewritten on every spend by write-to-temp + fsync + ``os.replace`` (+ fsync of
 the directory), so a kill at any instant leaves either the old or the new state, never a torn file. A file
@@ -13,38 +15,39 @@ because resetting would forget spent budget. One odometer object per state file 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import math
-import os
-import tempfile
 import threading
 from pathlib import Path
 
+from device.errors import DeviceError
 from device.ldp import MECHANISMS
+from federation.runtime import atomic_write_json, remove_stale_temps
 
 STATE_FORMAT = "wearfed.privacy_odometer"
-STATE_VERSION = 1
-UNIT = "reading"
-ACCOUNTANT = "pure-epsilon sequential composition (event-level LDP)"
+STATE_VERSION = 2  # version 1 files (event-level only, unit "reading") are still read
+UNIT = "reading"  # the event-level option
+PATIENT_DAY = "patient-day"
+UNITS = (PATIENT_DAY, UNIT)
+ACCOUNTANT = "pure-epsilon sequential composition"
 # Relative float slack when comparing a spend to the cap: 288 readings at 0.1 must fit a cap of 28.8 even
 # though 288 * 0.1 > 28.8 in binary floating point. Overspend is bounded by cap * 1e-9.
 _CAP_RTOL = 1e-9
 
 
-class BudgetExhausted(Exception):
+class BudgetExhausted(DeviceError):
     """Spending would pass the daily cap; carries ``day``, ``spent`` (so far), ``cap`` and ``requested``."""
 
-    def __init__(self, day: str, spent: float, cap: float, requested: float = 0.0) -> None:
-        self.day, self.spent, self.cap, self.requested = day, spent, cap, requested
+    def __init__(self, day: str, spent: float, cap: float, requested: float = 0.0, unit: str = UNIT) -> None:
+        self.day, self.spent, self.cap, self.requested, self.unit = day, spent, cap, requested, unit
         super().__init__(
             f"privacy budget for UTC day {day} exhausted: spent epsilon={spent:g} of cap {cap:g}, "
-            f"requested {requested:g} more (unit: {UNIT}, delta=0, accountant: {ACCOUNTANT})"
+            f"requested {requested:g} more (unit: {unit}, delta=0, accountant: {ACCOUNTANT})"
         )
 
 
-class OdometerStateError(Exception):
+class OdometerStateError(DeviceError):
     """The state file exists but is not a valid odometer state; it is left untouched for inspection."""
 
 
@@ -83,26 +86,18 @@ def _positive(name: str, value: object) -> float:
     return out
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename durable; not possible on every platform (e.g. Windows), where it is skipped.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class PrivacyOdometer:
     """Tracks epsilon spent per UTC day and over the device's lifetime; refuses spends past the daily cap."""
 
-    def __init__(self, path: Path, *, daily_cap: float, mechanism: str, epsilon_per_reading: float) -> None:
+    def __init__(self, path: Path, *, daily_cap: float, mechanism: str, epsilon_per_reading: float,
+                 unit: str = UNIT) -> None:
+        """`epsilon_per_reading`: what `spend(day, n)` charges per release (the smallest release, for checks)."""
         self._path = Path(path)
         self._cap = _positive("daily_cap", daily_cap)
         self._eps = _positive("epsilon_per_reading", epsilon_per_reading)
+        if unit not in UNITS:
+            raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+        self.unit = unit
         if mechanism not in MECHANISMS:
             raise ValueError(f"mechanism must be one of {MECHANISMS}, got {mechanism!r}")
         if self._eps > self._cap * (1 + _CAP_RTOL):
@@ -116,7 +111,7 @@ class PrivacyOdometer:
         self._lifetime: tuple[float, int] = (0.0, 0)
         if self._path.exists():
             self._load()
-        self._remove_stale_temps()
+        remove_stale_temps(self._path)  # left by a kill between the temporary write and the rename
 
     # -- persistence ------------------------------------------------------------------------------------
 
@@ -133,10 +128,10 @@ class PrivacyOdometer:
             raise self._corrupt(f"unreadable: {exc}") from exc
         if not isinstance(doc, dict):
             raise self._corrupt("not a JSON object")
-        if doc.get("format") != STATE_FORMAT or doc.get("version") != STATE_VERSION:
+        if doc.get("format") != STATE_FORMAT or doc.get("version") not in (1, STATE_VERSION):
             raise self._corrupt(f"format/version {doc.get('format')!r}/{doc.get('version')!r} not recognised")
-        if doc.get("unit") != UNIT or doc.get("delta") != 0.0:
-            raise self._corrupt("unit or delta differ from event-level pure LDP")
+        if doc.get("unit") not in UNITS or doc.get("delta") != 0.0:
+            raise self._corrupt(f"unit {doc.get('unit')!r} or delta {doc.get('delta')!r} not a pure-LDP unit")
         days = doc.get("days")
         if not isinstance(days, dict):
             raise self._corrupt("'days' missing")
@@ -169,7 +164,7 @@ class PrivacyOdometer:
         return {
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
-            "unit": UNIT,
+            "unit": self.unit,
             "accountant": ACCOUNTANT,
             "delta": 0.0,
             "mechanism": self._mechanism,
@@ -179,27 +174,8 @@ class PrivacyOdometer:
             "lifetime": {"epsilon": lifetime[0], "readings": lifetime[1]},
         }
 
-    def _remove_stale_temps(self) -> None:
-        # Left by a kill between mkstemp and os.replace; never part of the state (single writer assumed).
-        for stale in self._path.parent.glob(f".{self._path.name}.*.tmp"):
-            with contextlib.suppress(OSError):
-                stale.unlink()
-
     def _persist(self, doc: dict) -> None:
-        directory = self._path.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self._path.name}.", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(doc, fh, indent=1, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self._path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(directory)
+        atomic_write_json(self._path, doc, indent=1)
 
     # -- public API -------------------------------------------------------------------------------------
 
@@ -211,20 +187,28 @@ class PrivacyOdometer:
         return self._fits(self.spent_today(day), _check_n(n))
 
     def spend(self, day: str, n: int = 1) -> None:
-        """Charge ``n`` readings to ``day``; raises BudgetExhausted (charging nothing) past the cap.
+        """Charge ``n`` releases of ``epsilon_per_reading`` each to ``day`` (see `charge`)."""
+        self.charge(day, epsilon=_check_n(n) * self._eps, releases=n)
 
-        Returns only after the new state is durably on disk; if persisting fails, the error propagates and
-        neither the file nor this object changes.
+    def can_charge(self, day: str, epsilon: float) -> bool:
+        """Whether `epsilon` more on ``day`` stays within the daily cap (changes nothing)."""
+        return self.spent_today(day) + _positive("epsilon", epsilon) <= self._cap * (1 + _CAP_RTOL)
+
+    def charge(self, day: str, *, epsilon: float, releases: int = 1) -> None:
+        """Charge `epsilon` (for `releases` releases) to ``day``; raises BudgetExhausted (charging nothing) past
+        the cap. Returns only after the new state is durably on disk; if persisting fails, the error propagates
+        and neither the file nor this object changes.
         """
         _check_day(day)
-        _check_n(n)
+        _check_n(releases)
+        amount = _positive("epsilon", epsilon)
         with self._lock:
             spent, count = self._days.get(day, (0.0, 0))
-            if not self._fits(spent, n):
-                raise BudgetExhausted(day, spent, self._cap, n * self._eps)
+            if spent + amount > self._cap * (1 + _CAP_RTOL):
+                raise BudgetExhausted(day, spent, self._cap, amount, self.unit)
             days = dict(self._days)
-            days[day] = (spent + n * self._eps, count + n)
-            lifetime = (self._lifetime[0] + n * self._eps, self._lifetime[1] + n)
+            days[day] = (spent + amount, count + releases)
+            lifetime = (self._lifetime[0] + amount, self._lifetime[1] + releases)
             self._persist(self._document(days, lifetime))
             self._days, self._lifetime = days, lifetime
 
@@ -244,7 +228,7 @@ class PrivacyOdometer:
     def report(self) -> dict:
         """What an auditor needs: unit, accountant, mechanism, per-day and lifetime totals, cap, delta."""
         return {
-            "unit": UNIT,
+            "unit": self.unit,
             "accountant": ACCOUNTANT,
             "mechanism": self._mechanism,
             "epsilon_per_reading": self._eps,

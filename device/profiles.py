@@ -16,13 +16,15 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import firmware_profiles
 from device.errors import ProfileError
 from device.ldp import MECHANISMS
+from federation.ldp_range import EPSILON_CEILING, EPSILON_FLOOR, epsilon_ceiling
+from federation.telemetry import MAX_DAY_BUDGET, PATIENT_DAY, PRIVACY_UNITS
 
 PROFILE_DIR = Path(firmware_profiles.__file__).resolve().parent  # a package, so wheels ship the profiles
 PROFILE_DIR_ENV = "WEARFED_PROFILE_DIR"
@@ -66,8 +68,10 @@ class Profile:
     max_model_bytes: int
     # local DP
     ldp_mechanism: str
-    epsilon_per_reading: float
-    daily_cap: float
+    privacy_unit: str  # "patient-day" (the default guarantee) or "reading" (event-level, a labelled option)
+    epsilon_per_patient_day: float  # the budget of a patient-day: everything the device releases in a UTC day
+    epsilon_per_reading: float  # event-level option only: each release's epsilon
+    daily_cap: float  # event-level option only: the odometer's cap per day
 
     @property
     def battery_uj(self) -> float:
@@ -103,9 +107,13 @@ class Profile:
                                      else "battery kept across sessions")))
         rows.append(("forecaster", f"runs on device, model up to {self.max_model_bytes} B" if self.runs_forecaster
                      else "not on device (too little RAM)"))
-        rows.append(("local DP", f"{self.ldp_mechanism}, epsilon {self.epsilon_per_reading:g} per reading "
-                                 f"(unit: reading, delta 0), daily cap {self.daily_cap:g} = "
-                                 f"{int(self.daily_cap / self.epsilon_per_reading + 1e-9)} readings a day"))
+        if self.privacy_unit == PATIENT_DAY:
+            rows.append(("local DP", f"{self.ldp_mechanism}, epsilon {self.epsilon_per_patient_day:g} per patient-day "
+                                     "(everything released in a UTC day: glucose, insulin, carbs; delta 0)"))
+        else:
+            rows.append(("local DP", f"EVENT-LEVEL: {self.ldp_mechanism}, epsilon {self.epsilon_per_reading:g} per "
+                                     f"reading (unit: reading, delta 0), daily cap {self.daily_cap:g} = "
+                                     f"{int(self.daily_cap / self.epsilon_per_reading + 1e-9)} readings a day"))
         return rows
 
 
@@ -144,7 +152,11 @@ SCHEMA: dict[tuple[str, str], _Check] = {
     ("model", "runs_forecaster"): ("runs_forecaster", bool, lambda v: True, "true or false"),
     ("model", "max_model_bytes"): ("max_model_bytes", int, *_NONNEG),
     ("ldp", "mechanism"): ("ldp_mechanism", str, lambda v: v in MECHANISMS, f"one of {MECHANISMS}"),
-    ("ldp", "epsilon_per_reading"): ("epsilon_per_reading", float, lambda v: 0 < v <= 50, "in (0, 50]"),
+    ("ldp", "unit"): ("privacy_unit", str, lambda v: v in PRIVACY_UNITS, f"one of {PRIVACY_UNITS}"),
+    ("ldp", "epsilon_per_patient_day"): ("epsilon_per_patient_day", float, lambda v: 0 < v <= MAX_DAY_BUDGET,
+                                         f"in (0, {MAX_DAY_BUDGET:g}]"),
+    ("ldp", "epsilon_per_reading"): ("epsilon_per_reading", float, lambda v: EPSILON_FLOOR <= v <= EPSILON_CEILING,
+                                     f"in [{EPSILON_FLOOR:g}, {EPSILON_CEILING:g}] (federation.ldp_range policy)"),
     ("ldp", "daily_cap"): ("daily_cap", float, *_POS),
 }
 assert {a for a, *_ in SCHEMA.values()} == {f.name for f in fields(Profile)}
@@ -228,9 +240,58 @@ def _cross_checks(p: Profile, source: str) -> None:
         raise _bad(source, "model.max_model_bytes", "a device that does not run the forecaster accepts no model")
     if p.max_model_bytes > p.flash_kb * 1024:
         raise _bad(source, "model.max_model_bytes", "larger than the device's flash")
+    if p.epsilon_per_reading > epsilon_ceiling(p.ldp_mechanism):
+        raise _bad(source, "ldp.epsilon_per_reading", f"{p.epsilon_per_reading:g} exceeds "
+                                                      f"{epsilon_ceiling(p.ldp_mechanism):g} for {p.ldp_mechanism}")
     if p.daily_cap < p.epsilon_per_reading:
         raise _bad(source, "ldp.daily_cap", f"{p.daily_cap:g} is below epsilon_per_reading "
                                             f"{p.epsilon_per_reading:g}: no reading would ever be sent")
+
+
+# Command-line flags that override a profile field: validated by the same SCHEMA entry and cross-checks, so an
+# override can never do what the profile file could not (e.g. --batch-size 600 past the wire's MAX_BATCH).
+OVERRIDES: dict[str, tuple[str, tuple[str, str]]] = {
+    "batch_size": ("--batch-size", ("uplink", "batch_size")),
+    "ldp_mechanism": ("--ldp-mechanism", ("ldp", "mechanism")),
+    "epsilon_per_reading": ("--ldp-epsilon", ("ldp", "epsilon_per_reading")),
+    "daily_cap": ("--daily-cap", ("ldp", "daily_cap")),
+    "privacy_unit": ("--privacy-unit", ("ldp", "unit")),
+    "epsilon_per_patient_day": ("--daily-budget", ("ldp", "epsilon_per_patient_day")),
+}
+NO_LDP = "none"  # --ldp-mechanism none: raw readings, studies only (not a profile value)
+
+
+def apply_overrides(profile: Profile, **overrides: object) -> Profile:
+    """`profile` with the given fields replaced (None: keep the profile's); ProfileError naming the flag otherwise."""
+    values: dict[str, Any] = {}
+    for attr, value in overrides.items():
+        if value is None:
+            continue
+        if attr not in OVERRIDES:
+            raise ProfileError(f"no command-line override for profile field {attr!r}")
+        flag, key = OVERRIDES[attr]
+        _attr, kind, check, demand = SCHEMA[key]
+        if attr == "ldp_mechanism" and value == NO_LDP:
+            values[attr] = value
+            continue
+        typed = _typed(f"command line: {flag}", value, kind)
+        if not check(typed):
+            raise ProfileError(f"command line: {flag} {value!r} is impossible: must be {demand}")
+        values[attr] = typed
+    out = replace(profile, **values)
+    event_level = {"epsilon_per_reading", "daily_cap"} & set(values)
+    if event_level and out.privacy_unit != "reading":
+        flags = " / ".join(OVERRIDES[a][0] for a in sorted(event_level))
+        raise ProfileError(f"command line: {flags} set the event-level option: add --privacy-unit reading (the "
+                           "guarantee is then per reading, not per patient-day)")
+    if out.ldp_mechanism != NO_LDP and out.epsilon_per_reading > epsilon_ceiling(out.ldp_mechanism):
+        raise ProfileError(f"command line: --ldp-epsilon {out.epsilon_per_reading:g} exceeds "
+                           f"{epsilon_ceiling(out.ldp_mechanism):g} for {out.ldp_mechanism}")
+    if out.ldp_mechanism != NO_LDP and out.daily_cap < out.epsilon_per_reading:
+        named = [OVERRIDES[a][0] for a in ("daily_cap", "epsilon_per_reading") if a in values] or ["the profile"]
+        raise ProfileError(f"command line: {' / '.join(named)}: the daily cap {out.daily_cap:g} is below the epsilon "
+                           f"per reading {out.epsilon_per_reading:g}: no reading would ever be sent")
+    return out
 
 
 def profile_dir() -> Path:
@@ -262,6 +323,7 @@ def load_profile(name_or_path: str | Path, *, directory: Path | None = None) -> 
     if candidate.suffix == ".toml" or candidate.exists():
         return load_profile_file(candidate)
     d = directory or profile_dir()
+    name_or_path = firmware_profiles.canonical_name(str(name_or_path))  # libre3 is libre-3, as sensors say
     path = d / f"{name_or_path}.toml"
     if not path.exists():
         known = ", ".join(f.stem for f in sorted(d.glob("*.toml"))) or "none"

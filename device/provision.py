@@ -6,14 +6,21 @@ Writes into one directory:
   PBKDF2-HMAC-SHA512 (RFC 8018) with a 12-byte salt and 101 iterations, the format and defaults of
   ``mosquitto_passwd`` 2.0 (checked against it in the tests).
 - ``acl``: one ``user`` block per principal. A device may write only ``wearfed/v1/<its gateway>/<its id>/#``
-  and read only ``wearfed/v1/<its gateway>/model``; a gateway reads its devices' readings and status and
-  writes its model topic. Mosquitto's ``pattern`` lines can substitute only ``%u``/``%c``, not the device's
-  gateway, so exact per-user rules are written instead (stricter than any pattern that fits).
-- ``credentials.json`` (mode 0600): every device's and gateway's username and random password.
-- ``ca.crt``/``ca.key``, ``server.crt``/``server.key`` (EC P-256, SAN 127.0.0.1 and localhost), and with
-  ``client_certs`` one certificate per device under ``clients/``.
+  and read only ``wearfed/v1/<its gateway>/model``; a gateway's ingest (``gateway-<gw>``) only reads its
+  devices' readings and status; its model relay (``gateway-<gw>-relay``, a principal of its own) only writes
+  (and reads back) the model topic. With ``use_username_as_clientid`` every principal is its own client id, so
+  the relay's clean-session publishes can never take over (and discard) the ingest's persistent session. Mosquitto's
+  ``pattern`` lines can substitute only ``%u``/``%c``, not the device's gateway, so exact per-user rules are
+  written instead (stricter than any pattern that fits).
+- ``credentials.json`` (mode 0600): every device's, gateway ingest's and relay's username and random password, and
+  each device's consent key (Ed25519 seed, `federation.consent`) that signs a consent withdrawal.
+- ``consent-keys-<gw>.txt``: the public halves of that gateway's devices' consent keys (``--consent-keys``).
+- ``ca.crt``/``ca.key``, ``server.crt``/``server.key`` (EC P-256; subject alternative names: `sans`, the host
+  names and IP addresses clients use to reach the broker, by default localhost and 127.0.0.1), and with
+  ``client_certs`` one certificate per principal under ``clients/``.
 - ``mosquitto-auth.conf``: the lines a Mosquitto config needs to use all of the above, with
-  ``use_username_as_clientid`` so that no device can take over another's session.
+  ``use_username_as_clientid`` so that no device can take over another's session, and the TLS listener on
+  `listen_host` (default 127.0.0.1; ``0.0.0.0`` for every interface), optionally requiring client certificates.
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ import datetime as dt
 import hashlib
 import ipaddress
 import json
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +40,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from device.errors import ProvisionError
-from federation.telemetry import TOPIC_ROOT
+from federation.consent import consent_key_pair
+from federation.runtime import atomic_write_bytes
+from federation.telemetry import CONSENT, READINGS, STATUS, device_subscription, device_topic_tree, model_topic
 
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd 2.0 default (PW_DEFAULT_ITERATIONS)
 SALT_BYTES = 12  # mosquitto_passwd 2.0 SALT_LEN
@@ -49,6 +57,11 @@ def device_ids(gateway: str, devices_per_gateway: int) -> list[str]:
 def gateway_username(gateway: str) -> str:
     """The gateway daemon's MQTT username and client id (`gateway.ingest` connects as ``gateway-<id>``)."""
     return f"gateway-{gateway}"
+
+
+def relay_username(gateway: str) -> str:
+    """The gateway's model relay: its own MQTT username and client id (`gateway.relay`), never the ingest's."""
+    return f"gateway-{gateway}-relay"
 
 
 def _check_name(name: str) -> str:
@@ -79,11 +92,12 @@ def verify_mosquitto_hash(password: str, encoded: str) -> bool:
 def acl_text(gateways: dict[str, list[str]]) -> str:
     lines = ["# wearfed ACL: written by `wearfed provision`; devices publish only under their own topic", ""]
     for gw, devices in gateways.items():
-        lines += [f"user {gateway_username(gw)}", f"topic read {TOPIC_ROOT}/{gw}/+/readings",
-                  f"topic read {TOPIC_ROOT}/{gw}/+/status", f"topic write {TOPIC_ROOT}/{gw}/model", ""]
+        lines += [f"user {gateway_username(gw)}", f"topic read {device_subscription(gw, READINGS)}",
+                  f"topic read {device_subscription(gw, STATUS)}",
+                  f"topic read {device_subscription(gw, CONSENT)}", "",
+                  f"user {relay_username(gw)}", f"topic readwrite {model_topic(gw)}", ""]
         for dev in devices:
-            lines += [f"user {dev}", f"topic write {TOPIC_ROOT}/{gw}/{dev}/#", f"topic read {TOPIC_ROOT}/{gw}/model",
-                      ""]
+            lines += [f"user {dev}", f"topic write {device_topic_tree(gw, dev)}", f"topic read {model_topic(gw)}", ""]
     return "\n".join(lines)
 
 
@@ -97,13 +111,26 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    atomic_write_bytes(path, data, mode=0o600)  # never readable by others, not even half-written
+
+
+DEFAULT_SANS = ("localhost", "127.0.0.1")
+
+
+def _san(name: str) -> x509.GeneralName:
+    """An IP address SAN for an address, else a DNS name SAN (RFC 5280 section 4.2.1.6)."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    if not name or len(name) > 253 or any(c.isspace() or c in "/:@" for c in name):
+        raise ProvisionError(f"subject alternative name {name!r} is neither an IP address nor a DNS name")
+    return x509.DNSName(name)
 
 
 def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name | None,
-          issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool = False, server: bool = False) -> x509.Certificate:
+          issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool = False, server: bool = False,
+          sans: tuple[str, ...] = DEFAULT_SANS) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     b = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer or name).public_key(key.public_key())
@@ -119,9 +146,7 @@ def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name | Non
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     if server:
-        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                         x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                            critical=False)
+        b = b.add_extension(x509.SubjectAlternativeName([_san(n) for n in sans]), critical=False)
     return b.sign(issuer_key, hashes.SHA256())
 
 
@@ -153,23 +178,31 @@ def load_credentials(path: Path) -> dict[str, dict[str, str]]:
         raise ProvisionError(f"cannot read credentials file {path}: {exc}") from exc
 
 
-def auth_conf(out: Path, *, tls_port: int | None = None) -> str:
+def auth_conf(out: Path, *, tls_port: int | None = None, listen_host: str = "127.0.0.1",
+              require_client_certs: bool = False) -> str:
     """Mosquitto config lines using the provisioned files (append after the plain listener)."""
     text = (f"allow_anonymous false\npassword_file {out / 'passwd'}\nacl_file {out / 'acl'}\n"
             "use_username_as_clientid true\n")
     if tls_port is not None:
-        text += (f"listener {tls_port} 127.0.0.1\ncafile {out / 'ca.crt'}\ncertfile {out / 'server.crt'}\n"
-                 f"keyfile {out / 'server.key'}\nrequire_certificate false\n")
+        text += (f"listener {tls_port} {listen_host}\ncafile {out / 'ca.crt'}\ncertfile {out / 'server.crt'}\n"
+                 f"keyfile {out / 'server.key'}\nrequire_certificate {str(require_client_certs).lower()}\n")
     return text
 
 
 def provision(out: Path, *, gateways: dict[str, list[str]], client_certs: bool = False,
-              tls_port: int | None = None) -> Provisioned:
+              tls_port: int | None = None, listen_host: str = "127.0.0.1", sans: tuple[str, ...] = DEFAULT_SANS,
+              require_client_certs: bool = False) -> Provisioned:
     """Write password file, ACL, credentials, CA and server certificate (and client certs) into `out`."""
     for gw, devices in gateways.items():
         _check_name(gw)
         for d in devices:
             _check_name(d)
+    if not sans:
+        raise ProvisionError("the server certificate needs at least one subject alternative name")
+    for name in (*sans, listen_host):
+        _san(name)
+    if require_client_certs and not client_certs:
+        raise ProvisionError("requiring client certificates needs them issued: add --client-certs")
     try:
         out.mkdir(parents=True, exist_ok=True)
         principals: dict[str, dict[str, str]] = {}
@@ -177,18 +210,27 @@ def provision(out: Path, *, gateways: dict[str, list[str]], client_certs: bool =
             principals[gateway_username(gw)] = {"username": gateway_username(gw),
                                                 "password": secrets.token_urlsafe(24), "role": "gateway",
                                                 "gateway": gw}
+            principals[relay_username(gw)] = {"username": relay_username(gw), "password": secrets.token_urlsafe(24),
+                                              "role": "relay", "gateway": gw}
             for d in devices:
+                seed, pub = consent_key_pair()
                 principals[d] = {"username": d, "password": secrets.token_urlsafe(24), "role": "device",
-                                 "gateway": gw}
+                                 "gateway": gw, "consent_key": seed, "consent_public_key": pub}
         passwd = "".join(f"{p['username']}:{mosquitto_hash(p['password'])}\n" for p in principals.values())
         _write_private(out / "passwd", passwd.encode())
         (out / "acl").write_text(acl_text(gateways))
+        for gw in gateways:  # public halves only: the gateway verifies its devices' consent withdrawals with these
+            (out / f"consent-keys-{gw}.txt").write_text(
+                "# device id, consent public key (base64 Ed25519): written by `wearfed provision`\n"
+                + "".join(f"{d} {p['consent_public_key']}\n" for d, p in principals.items()
+                          if p.get("role") == "device" and p["gateway"] == gw))
         _write_private(out / "credentials.json", json.dumps({"principals": principals}, indent=1).encode())
         ca_key, server_key = _key(), _key()
         ca = _cert("wearfed provisioning CA", ca_key, None, ca_key, ca=True)
         (out / "ca.crt").write_bytes(_pem(ca))
         _write_key(out / "ca.key", ca_key)
-        (out / "server.crt").write_bytes(_pem(_cert("localhost", server_key, ca.subject, ca_key, server=True)))
+        (out / "server.crt").write_bytes(_pem(_cert(sans[0], server_key, ca.subject, ca_key, server=True,
+                                                    sans=tuple(sans))))
         _write_key(out / "server.key", server_key)
         if client_certs:
             (out / "clients").mkdir(exist_ok=True)
@@ -196,7 +238,8 @@ def provision(out: Path, *, gateways: dict[str, list[str]], client_certs: bool =
                 k = _key()
                 (out / "clients" / f"{name}.crt").write_bytes(_pem(_cert(name, k, ca.subject, ca_key)))
                 _write_key(out / "clients" / f"{name}.key", k)
-        (out / "mosquitto-auth.conf").write_text(auth_conf(out, tls_port=tls_port))
+        (out / "mosquitto-auth.conf").write_text(auth_conf(out, tls_port=tls_port, listen_host=listen_host,
+                                                           require_client_certs=require_client_certs))
     except OSError as exc:
         raise ProvisionError(f"cannot write provisioning files to {out}: {exc}") from exc
     return Provisioned(out, out / "passwd", out / "acl", out / "credentials.json", out / "ca.crt",

@@ -11,11 +11,18 @@ The publisher never loses what the spool holds: one client id and credentials pe
 persistent session, a batch of up to the profile's batch size per publish, a reading leaves the spool only
 after its PUBACK, uplink throttled to the profile's bytes per simulated second, Last Will plus a retained
 status topic, and exponential backoff with full jitter between reconnects. A restarted device resumes its
-sequence numbers and resends every unacknowledged reading; the gateway drops duplicates by (device, seq).
+sequence numbers and resends every unacknowledged reading; the gateway drops duplicates by (device, epoch, seq).
+A device whose state was lost starts a new epoch (`device.spool`): its new readings are never taken for old ones.
 
 A device whose profile runs the forecaster also subscribes to its gateway's retained model topic, verifies
 each release (`device.model_client`) and runs the loaded LiteRT model on its raw readings, which never leave
-it (`device.inference`); its status carries the loaded version, refusals by reason and alert counts only.
+it (`device.inference`); its retained status carries the loaded version and refusals by reason. Its health events
+(forecaster alerts and review flags) are computed from raw readings outside the privacy budget, so they stay on
+the device: in its local status file (`DeviceStats.alerts`), never on the status topic (issue 13 item 6).
+
+Privacy noise comes from the OS CSPRNG (`PrivacyRNG.secure()`): two runs of one device release different values,
+and nobody who knows a seed or the device id can recompute the noise. Only the named simulation mode
+(``privacy_rng="simulation"``: replays, studies, tests) seeds it, and says `SIMULATION_LABEL` in its status and logs.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
+import math
 import ssl
 import zlib
 from dataclasses import dataclass, field
@@ -31,23 +38,38 @@ from pathlib import Path
 
 import numpy as np
 
+from device.consent import marker_path
 from device.inference import DEFAULT_ALERT_CONFIDENCE, AlertMonitor
-from device.ldp import LDPSpec, privatize
-from device.model_client import ModelClient, model_topic
-from device.mqtt_lite import LiteClient, MqttError, Will
+from device.ldp import privatize
+from device.model_client import ModelClient, max_payload_bytes
+from device.mqtt_lite import DEFAULT_MAX_PACKET, LiteClient, MqttError, Will
 from device.odometer import PrivacyOdometer, utc_day
-from device.profiles import Profile
+from device.profiles import Profile, apply_overrides
+from device.release_plan import DeviceTrace, PlanItem, ReleaseMode, StreamRelease
 from device.sensor import SENSOR_RANGE, stable_seed, synthetic_trace
 from device.spool import DeviceQueue, Spool
-from device.traces import load_trace
+from device.traces import load_trace, load_treatments
 from federation.clock import SimClock
 from federation.errors import ConfigError
-from federation.telemetry import LDPHeader, ReadingBatch, encode_batch, readings_topic, status_topic
+from federation.privacy_rng import SECURE, SIMULATION, SIMULATION_LABEL, PrivacyRNG
+from federation.runtime import Backoff
+from federation.telemetry import (
+    GLUCOSE,
+    PATIENT_DAY,
+    STREAMS,
+    LDPHeader,
+    Reading,
+    ReadingBatch,
+    encode_batch,
+    model_topic,
+    readings_topic,
+    status_topic,
+)
 
 log = logging.getLogger(__name__)
 
 MQTT_OVERHEAD_BYTES = 4  # fixed header + packet id of a QoS 1 PUBLISH, besides topic and payload
-BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 30.0
+RECONNECT_BACKOFF = Backoff(base_s=0.2, cap_s=30.0)  # full jitter (federation.runtime)
 
 
 @dataclass(frozen=True)
@@ -79,7 +101,9 @@ class DeviceConfig:
     profile: Profile
     ldp_mechanism: str | None = None  # None: the profile's; "none" switches local DP off (studies only)
     ldp_epsilon: float | None = None  # None: the profile's epsilon per reading
-    daily_cap: float | None = None  # None: the profile's
+    daily_cap: float | None = None  # None: the profile's (event-level option: the cap per day)
+    privacy_unit: str | None = None  # None: the profile's ("patient-day"; "reading" is the labelled event-level option)
+    daily_budget: float | None = None  # None: the profile's epsilon per patient-day
     batch_size: int | None = None  # None: the profile's
     sensor_age_s: float | None = None  # age of the sensor at sim start; None: just warmed up (no gap at start)
     random_sensor_age: bool = False  # draw the age from the seed instead (staggered sensor changes in a fleet)
@@ -90,25 +114,56 @@ class DeviceConfig:
     release_key: str | None = None  # the cloud's release public key (base64 Ed25519), pinned for model releases
     alert_confidence: float = DEFAULT_ALERT_CONFIDENCE  # below it a forecast alert is flagged for review instead
     linger: bool = False  # a forecaster device stays connected after its trace (releases, status) until stopped
+    privacy_rng: str = SECURE  # "simulation": seeded, reproducible noise (replays, studies, tests; labelled)
+    mqtt_keepalive_s: int = 60  # PINGREQ every half of it; no PINGRESP within mqtt_timeout_s: reconnect
+    mqtt_timeout_s: float = 10.0  # deadline for CONNACK, PUBACK, SUBACK and PINGRESP
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alert_confidence <= 1.0:
-            raise ConfigError(f"alert confidence threshold must be in (0, 1], got {self.alert_confidence}")
+            raise ConfigError(f"--alert-confidence {self.alert_confidence} is impossible: must be in (0, 1]")
+        if isinstance(self.odometer_block, bool) or not isinstance(self.odometer_block, int) or self.odometer_block < 1:
+            raise ConfigError(f"--odometer-block {self.odometer_block!r} is impossible: must be an integer >= 1")
+        if not (isinstance(self.days, (int, float)) and math.isfinite(self.days) and self.days > 0):
+            raise ConfigError(f"--days {self.days!r} is impossible: must be a finite number > 0")
+        if not (isinstance(self.mqtt_keepalive_s, int) and 0 < self.mqtt_keepalive_s <= 65535):
+            raise ConfigError(f"--mqtt-keepalive {self.mqtt_keepalive_s!r} is impossible: must be in [1, 65535] s")
+        if not (math.isfinite(self.mqtt_timeout_s) and self.mqtt_timeout_s > 0):
+            raise ConfigError(f"--mqtt-timeout {self.mqtt_timeout_s!r} is impossible: must be > 0 s")
+        if self.sensor_age_s is not None and not (math.isfinite(self.sensor_age_s) and self.sensor_age_s >= 0):
+            raise ConfigError(f"--sensor-age {self.sensor_age_s!r} is impossible: must be >= 0 seconds")
+        if self.privacy_rng not in (SECURE, SIMULATION):
+            raise ConfigError(f"--privacy-rng {self.privacy_rng!r} is impossible: must be {SECURE} or {SIMULATION}")
+        self.effective_profile()  # overrides are validated like the profile's own fields (ProfileError names the flag)
+
+    @property
+    def privacy_rng_label(self) -> str:
+        """What the status and logs say about the noise: "secure", or SIMULATION_LABEL."""
+        return SECURE if self.privacy_rng == SECURE else SIMULATION_LABEL
+
+    def noise_rng(self) -> PrivacyRNG:
+        """The OS CSPRNG; seeded from (seed, device id) only in the named simulation mode."""
+        if self.privacy_rng == SECURE:
+            return PrivacyRNG.secure()
+        return PrivacyRNG.simulation(stable_seed(self.seed + 1, self.device_id))
+
+    def effective_profile(self) -> Profile:
+        """The firmware profile with this device's command-line overrides applied and validated."""
+        return apply_overrides(self.profile, batch_size=self.batch_size, ldp_mechanism=self.ldp_mechanism,
+                               epsilon_per_reading=self.ldp_epsilon, daily_cap=self.daily_cap,
+                               privacy_unit=self.privacy_unit, epsilon_per_patient_day=self.daily_budget)
+
+    def release_mode(self, *, treatments: bool) -> ReleaseMode:
+        """What this device releases and at which epsilon (`device.release_plan`)."""
+        p = self.effective_profile()
+        budget = p.epsilon_per_patient_day if p.privacy_unit == PATIENT_DAY else p.daily_cap
+        return StreamRelease(mechanism=p.ldp_mechanism, unit=p.privacy_unit, budget=budget,
+                             epsilon_per_reading=p.epsilon_per_reading, interval_s=p.sample_interval_s,
+                             treatments=treatments)
 
     @property
     def mechanism(self) -> str:
         return self.ldp_mechanism or self.profile.ldp_mechanism
 
-    @property
-    def epsilon(self) -> float | None:
-        if self.mechanism == "none":
-            return None
-        return float(self.ldp_epsilon if self.ldp_epsilon is not None else self.profile.epsilon_per_reading)
-
-    def ldp_spec(self) -> LDPSpec | None:
-        if self.mechanism == "none":
-            return None
-        return LDPSpec(mechanism=self.mechanism, epsilon=self.epsilon, lo=SENSOR_RANGE[0], hi=SENSOR_RANGE[1])
 
     def session_origin(self, sim_start: float) -> float:
         """Simulated time at which the sensor worn at sim start was inserted."""
@@ -135,7 +190,8 @@ class DeviceStats:
     model_version: int | None = None  # loaded on-device model (forecaster profiles only)
     model_serial: int | None = None
     model_refusals: dict[str, int] = field(default_factory=dict)  # refused releases by reason
-    alerts: dict[str, int] = field(default_factory=dict)  # forecasts run, alerts and review flags (counts only)
+    alerts: dict[str, int] = field(default_factory=dict)  # forecasts run, alerts and review flags: local only
+    privacy_rng: str = SECURE  # "secure", or SIMULATION_LABEL when the noise is seeded
 
 
 class _Device:
@@ -144,6 +200,7 @@ class _Device:
     def __init__(self, cfg: DeviceConfig, clock: SimClock, queue: DeviceQueue, odometer: PrivacyOdometer | None,
                  stats: DeviceStats, models: ModelClient | None = None) -> None:
         self.cfg, self.clock, self.queue, self.odometer, self.stats = cfg, clock, queue, odometer, stats
+        self.consent_marker: Path | None = None
         self.models = models
         self.monitor = AlertMonitor(threshold=cfg.alert_confidence) if models is not None else None
         self._sync_model_stats()
@@ -151,9 +208,10 @@ class _Device:
         self.origin = cfg.session_origin(clock.sim_start)
         self.wake = asyncio.Event()
         self.status: dict = {"state": "online"}
+        self.privacy_status: dict = {"privacy_rng": cfg.privacy_rng_label}
         self.sampling_done = False
         self.stopped = False  # battery flat: nothing more is sampled or sent
-        self._reserved_day, self._reserved = "", 0
+        self._reserved_day, self._reserved = "", 0.0
         self._session, self._session_base = None, 0.0  # battery replaced with each sensor: energy at insertion
         stats.dropped = queue.state.dropped
         stats.buffered = len(queue)
@@ -195,16 +253,24 @@ class _Device:
 
     # -- status ----------------------------------------------------------------------------------------
 
+    def withdrawn(self) -> bool:
+        """The patient withdrew consent (`wearfed device withdraw` wrote the marker): checked before every release."""
+        return self.consent_marker is not None and self.consent_marker.exists()
+
     def set_status(self, state: str, **extra: object) -> None:
         self.status = {"state": state, **extra}
         self.stats.state = state
         self.wake.set()
 
     def status_doc(self) -> dict:
-        """The retained status payload: state, plus model, refusals and alert counts on forecaster devices."""
+        """The retained status payload: state and privacy randomness, plus model and refusals on forecaster devices.
+
+        No health events (alert and review counts): they are functions of raw readings outside the budget.
+        """
+        doc = {**self.status, **self.privacy_status}
         if self.models is None:
-            return dict(self.status)
-        return {**self.status, **self.models.status(), **self.monitor.status()}
+            return doc
+        return {**doc, **self.models.status(), "alert_confidence": self.monitor.threshold}
 
     # -- on-device model ---------------------------------------------------------------------------------
 
@@ -223,6 +289,13 @@ class _Device:
         self._sync_model_stats()
         self.wake.set()
 
+    def on_oversized_model(self, size: int) -> None:
+        """A model-topic message larger than any release this device accepts: refused before it was buffered."""
+        limit = max_payload_bytes(self.cfg.profile.max_model_bytes)
+        self.models.refuse("oversized", f"message of {size} B exceeds {limit} B; skipped without buffering it")
+        self._sync_model_stats()
+        self.wake.set()
+
     def observe(self, t: int, raw_mgdl: float) -> None:
         """A raw reading (pre-LDP, stays on the device): forecast when the window is complete and a model is loaded."""
         if self.monitor is None or not self.monitor.add_reading(t, raw_mgdl) or self.models.loaded is None:
@@ -238,54 +311,65 @@ class _Device:
 
     # -- privacy budget --------------------------------------------------------------------------------
 
-    async def reserve(self, t: int) -> bool:
-        """Charge the odometer for one reading (in blocks ahead); False when the day's cap is reached.
+    async def reserve(self, t: int, epsilon: float | None) -> bool:
+        """Charge the odometer for one release of `epsilon` (in blocks ahead); False when the day's cap is reached.
 
+        Charging ahead is conservative: a kill forfeits at most a block of unused budget, it never under-counts.
         The durable write (fsync) runs in a worker thread so it never stalls the other devices' event loop.
         """
-        if self.odometer is None:
+        if self.odometer is None or epsilon is None:
             return True
         day = utc_day(t)
         if day != self._reserved_day:
-            self._reserved_day, self._reserved = day, 0
-        if self._reserved == 0:
+            self._reserved_day, self._reserved = day, 0.0
+        if self._reserved < epsilon * (1 - 1e-12):
             for n in (self.cfg.odometer_block, 1):
-                if self.odometer.can_spend(day, n):
-                    await asyncio.to_thread(self.odometer.spend, day, n)
-                    self._reserved = n
+                if self.odometer.can_charge(day, n * epsilon):
+                    await asyncio.to_thread(self.odometer.charge, day, epsilon=n * epsilon, releases=n)
+                    self._reserved += n * epsilon
                     break
             else:
                 return False
-        self._reserved -= 1
+        self._reserved = max(0.0, self._reserved - epsilon)
         return True
 
 
-async def _sample(dev: _Device, times: np.ndarray, raw: np.ndarray, released: np.ndarray) -> None:
+async def _sample(dev: _Device, plan: list[PlanItem], released: np.ndarray, mode: ReleaseMode) -> None:
+    """Walk the release plan on the simulated clock: observe every glucose reading, charge, spool each release."""
     p, q, stats = dev.p, dev.queue, dev.stats
-    start = int(np.searchsorted(times, q.state.next_t)) if q.state.next_t else 0
+    resume = (q.state.next_t, q.state.next_k)
+    start = next((i for i, it in enumerate(plan) if it.key >= resume), len(plan)) if q.state.next_t else 0
+    eps = {s: (mode.spec(s).epsilon if mode.spec(s) is not None else None) for s in mode.streams()}
     exhausted_day = ""
-    for i in range(start, len(times)):
-        t = int(times[i])
+    for i in range(start, len(plan)):
+        item = plan[i]
+        t = item.t
         await dev.clock.sleep_until(t)
-        if (t - dev.origin) % p.session_s < p.warmup_s:
-            stats.gaps += 1
+        if item.stream == GLUCOSE:
+            if (t - dev.origin) % p.session_s < p.warmup_s:
+                stats.gaps += 1
+                continue
+            dev.observe(t, item.raw)  # local forecast on the raw reading, before (and whatever) local DP
+        if not item.release:
             continue
+        if dev.withdrawn():
+            return  # consent withdrawn: nothing more is released (device.consent)
         if not dev.has_energy(t, p.energy_per_reading_uj):
             return
-        dev.observe(t, float(raw[i]))  # local forecast on the raw reading, before (and whatever) local DP
-        if not await dev.reserve(t):
+        if not await dev.reserve(t, eps[item.stream]):
             stats.suppressed += 1
             day = utc_day(t)
             if exhausted_day != day:
                 exhausted_day = day
                 rep = dev.odometer.report() if dev.odometer else {}
                 dev.set_status("budget-exhausted", day=day, spent=rep.get("daily", {}).get(day),
-                               cap=rep.get("daily_cap"), unit="reading", delta=0.0)
+                               cap=rep.get("daily_cap"), unit=mode.privacy().unit, delta=0.0)
             continue
         if exhausted_day and dev.status.get("state") == "budget-exhausted":
             dev.set_status("online")
-        nxt = int(times[i + 1]) if i + 1 < len(times) else t + p.sample_interval_s
-        q.append(t, float(released[i]), energy_uj=p.energy_per_reading_uj, next_t=nxt)
+        nxt = plan[i + 1].key if i + 1 < len(plan) else (t + p.sample_interval_s, 0)
+        q.append(t, float(released[i]), energy_uj=p.energy_per_reading_uj, next_t=nxt[0], next_k=nxt[1],
+                 stream=item.stream)
         stats.sampled += 1
         stats.dropped = q.state.dropped
         stats.buffered = len(q)
@@ -296,40 +380,57 @@ async def _sample(dev: _Device, times: np.ndarray, raw: np.ndarray, released: np
 
 def _client(cfg: DeviceConfig, broker: Broker, will_topic: str, dev: _Device) -> LiteClient:
     will = Will(will_topic, json.dumps({"state": "offline"}).encode(), qos=1, retain=True)
-    on_message = (lambda _topic, payload: dev.on_model(payload)) if dev.models is not None else None
+    on_message = on_oversized = None
+    max_packet = DEFAULT_MAX_PACKET  # a sensor receives only acknowledgements
+    if dev.models is not None:  # a hub takes releases up to what its model limit allows, and no byte more
+        on_message = lambda _topic, payload: dev.on_model(payload)  # noqa: E731
+        on_oversized = lambda _topic, size: dev.on_oversized_model(size)  # noqa: E731
+        max_packet = max_payload_bytes(cfg.profile.max_model_bytes) + 4 + len(model_topic(cfg.gateway))
     return LiteClient(broker.host, broker.port, client_id=cfg.device_id, username=cfg.username or broker.username,
-                      password=cfg.password or broker.password, clean_session=False, will=will, timeout=10,
-                      keepalive=60, tls=broker.tls_context(), on_message=on_message)
+                      password=cfg.password or broker.password, clean_session=False, will=will,
+                      timeout=cfg.mqtt_timeout_s, keepalive=cfg.mqtt_keepalive_s, tls=broker.tls_context(),
+                      on_message=on_message, max_packet_bytes=max_packet, on_oversized=on_oversized,
+                      on_lost=dev.wake.set)
 
 
-def _status_key(doc: dict) -> dict:
-    """What decides a status re-publish: everything but the count of forecasts run (it changes every reading)."""
-    alerts = doc.get("alerts")
-    if not isinstance(alerts, dict):
-        return doc
-    return {**doc, "alerts": {k: v for k, v in alerts.items() if k != "forecasts"}}
+def _batch(cfg: DeviceConfig, epoch: int, mode: ReleaseMode, rows: list[Reading]) -> ReadingBatch:
+    """One batch of spooled releases, with the LDP header of each stream in it and the privacy declaration."""
+    headers = {}
+    for s in {r.stream for r in rows} | {GLUCOSE}:
+        spec = mode.spec(s)
+        headers[s] = (LDPHeader(mechanism="none", epsilon=None, lo=SENSOR_RANGE[0], hi=SENSOR_RANGE[1])
+                      if spec is None else LDPHeader(spec.mechanism, spec.epsilon, spec.lo, spec.hi))
+    glucose = headers.pop(GLUCOSE)
+    return ReadingBatch(device=cfg.device_id, epoch=epoch, ldp=glucose, readings=tuple(rows), streams=headers,
+                        privacy=mode.privacy())
 
 
-async def _publish(dev: _Device, broker: Broker, header: LDPHeader) -> None:
+async def _publish(dev: _Device, broker: Broker, mode: ReleaseMode) -> None:
     cfg, p, q, stats, clock = dev.cfg, dev.p, dev.queue, dev.stats, dev.clock
     topic = readings_topic(cfg.gateway, cfg.device_id)
     status = status_topic(cfg.gateway, cfg.device_id)
     batch_size = cfg.batch_size or p.batch_size
-    backoff = BACKOFF_MIN_S
+    attempt = 0
     link_free = 0.0  # simulated time at which the uplink is free again (throttle)
     while True:
         sent_status: dict | None = None
         try:
             async with _client(cfg, broker, status, dev) as client:
-                backoff = BACKOFF_MIN_S
+                attempt = 0
                 if dev.models is not None:  # releases (the retained one first) go to dev.on_model
                     await client.subscribe(model_topic(cfg.gateway), qos=1)
                 while True:
+                    if client.error is not None:  # dropped while idle (keep-alive): reconnect now
+                        raise client.error
                     doc = dev.status_doc()
-                    if _status_key(doc) != sent_status:  # not re-sent for the forecast counter alone
-                        sent_status = _status_key(doc)
+                    if doc != sent_status:  # re-sent on a change of state, model or refusals only
+                        sent_status = doc
                         await client.publish(status, json.dumps(doc).encode(), qos=1, retain=True)
                     if dev.stopped:
+                        return
+                    if dev.withdrawn():  # consent withdrawn: say so, publish nothing more
+                        dev.set_status("withdrawn")
+                        await client.publish(status, json.dumps(dev.status_doc()).encode(), qos=1, retain=True)
                         return
                     rows = q.peek(batch_size)
                     if not rows:
@@ -346,7 +447,9 @@ async def _publish(dev: _Device, broker: Broker, header: LDPHeader) -> None:
                         dev.wake.clear()
                         await dev.wake.wait()
                         continue
-                    payload = encode_batch(ReadingBatch(device=cfg.device_id, ldp=header, readings=tuple(rows)))
+                    if dev.withdrawn():
+                        continue  # re-checked right before the publish: the top of the loop stops
+                    payload = encode_batch(_batch(cfg, q.state.epoch, mode, rows))
                     nbytes = len(payload) + len(topic) + MQTT_OVERHEAD_BYTES
                     now = clock.now()
                     if link_free > now:
@@ -364,25 +467,43 @@ async def _publish(dev: _Device, broker: Broker, header: LDPHeader) -> None:
             if dev.stopped:
                 return  # flat battery: no radio left to retry with
             stats.reconnects += 1
-            delay = random.uniform(0, backoff)  # full jitter (AWS architecture blog, "Exponential Backoff And Jitter")
+            delay = RECONNECT_BACKOFF.delay(attempt)
+            attempt += 1
             log.warning("%s: broker unreachable (%s); retrying in %.2fs", cfg.device_id, exc, delay)
             await asyncio.sleep(delay)
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
 
 
-def _trace(cfg: DeviceConfig, clock: SimClock) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(times, raw CGM readings, released readings after local DP)."""
-    if cfg.trace_file is not None:
-        times, cgm = load_trace(cfg.trace_file, cfg.device_id, start=int(clock.sim_start), days=cfg.days)
-    else:
-        times, _true_bg, cgm = synthetic_trace(seed=cfg.seed, patient=cfg.device_id, start=int(clock.sim_start),
-                                               days=cfg.days, interval_s=cfg.profile.sample_interval_s)
-    spec = cfg.ldp_spec()
-    # One deterministic noise draw per reading: a restarted device re-sends the same privatised value, so a
-    # resend never spends (or leaks) more budget.
-    noise_rng = np.random.default_rng(stable_seed(cfg.seed + 1, cfg.device_id))
-    released = cgm if spec is None else privatize(cgm, spec=spec, rng=noise_rng)
-    return times, cgm, released
+def device_trace(cfg: DeviceConfig, clock: SimClock) -> DeviceTrace:
+    """What this device knows: its glucose readings and, from a trace file that has them, insulin and carbs."""
+    start = int(clock.sim_start)
+    if cfg.trace_file is None:
+        times, _true_bg, cgm = synthetic_trace(seed=cfg.seed, patient=cfg.device_id, start=start, days=cfg.days,
+                                               interval_s=cfg.profile.sample_interval_s)
+        return DeviceTrace(times, cgm)
+    times, cgm = load_trace(cfg.trace_file, cfg.device_id, start=start, days=cfg.days)
+    treatments = load_treatments(cfg.trace_file, cfg.device_id, start=start, days=cfg.days)
+    if treatments is None:
+        return DeviceTrace(times, cgm)
+    return DeviceTrace(times, cgm, *treatments)
+
+
+def _plan(cfg: DeviceConfig, clock: SimClock) -> tuple[list[PlanItem], np.ndarray, ReleaseMode]:
+    """(plan, released values after local DP, release mode)."""
+    trace = device_trace(cfg, clock)
+    mode = cfg.release_mode(treatments=trace.has_treatments)
+    plan = mode.plan(trace)
+    raw = np.array([it.raw for it in plan], dtype=np.float64)
+    released = raw.copy()
+    rng = cfg.noise_rng()
+    # One noise draw per release, released at most once: a value is privatised before it enters the spool and
+    # only the spooled value is ever sent (and re-sent); a restarted device privatises afresh only releases that
+    # never left it.
+    for s in mode.streams():
+        idx = np.array([i for i, it in enumerate(plan) if it.stream == s and it.release], dtype=np.int64)
+        spec = mode.spec(s)
+        if len(idx) and spec is not None:
+            released[idx] = privatize(raw[idx], spec=spec, rng=rng)
+    return plan, released, mode
 
 
 def model_client_for(cfg: DeviceConfig, state_dir: Path) -> ModelClient | None:
@@ -395,25 +516,39 @@ def model_client_for(cfg: DeviceConfig, state_dir: Path) -> ModelClient | None:
 
 
 def odometer_for(cfg: DeviceConfig, state_dir: Path) -> PrivacyOdometer | None:
+    """The device's odometer in its privacy unit: the patient-day budget, or the event-level daily cap."""
     if cfg.mechanism == "none":
         return None
-    cap = cfg.daily_cap if cfg.daily_cap is not None else cfg.profile.daily_cap
+    p = cfg.effective_profile()
+    unit_day = p.privacy_unit == PATIENT_DAY
+    cap = p.epsilon_per_patient_day if unit_day else p.daily_cap
+    smallest = min(cfg.release_mode(treatments=True).epsilon(s) for s in STREAMS) if unit_day else p.epsilon_per_reading
     safe = f"{cfg.device_id}-{zlib.crc32(cfg.device_id.encode()):08x}"
     return PrivacyOdometer(state_dir / "odometer" / f"{safe}.json", daily_cap=cap, mechanism=cfg.mechanism,
-                           epsilon_per_reading=cfg.epsilon)
+                           epsilon_per_reading=min(smallest, cap), unit=p.privacy_unit)
 
 
 async def run_device(cfg: DeviceConfig, clock: SimClock, broker: Broker, stats: DeviceStats, *, spool: Spool,
                      state_dir: Path) -> None:
     """Run one device until its trace ends and every reading is acknowledged, or its battery is flat."""
+    stats.privacy_rng = cfg.privacy_rng_label
+    if cfg.privacy_rng != SECURE:
+        log.warning("%s: %s", cfg.device_id, SIMULATION_LABEL)
     queue = spool.device(cfg.device_id, capacity=cfg.profile.store_capacity_readings)
     dev = _Device(cfg, clock, queue, odometer_for(cfg, state_dir), stats, model_client_for(cfg, state_dir))
+    dev.consent_marker = marker_path(state_dir, cfg.device_id)
+    if dev.withdrawn():
+        log.warning("%s: consent was withdrawn on this device: it releases nothing", cfg.device_id)
+        stats.state, stats.done = "withdrawn", True
+        return
     queue.on_durable(dev.wake.set)
     stats.state = "online"
-    header = LDPHeader(mechanism=cfg.mechanism, epsilon=cfg.epsilon, lo=SENSOR_RANGE[0], hi=SENSOR_RANGE[1])
-    times, raw, released = _trace(cfg, clock)
-    sampler = asyncio.create_task(_sample(dev, times, raw, released))
-    publisher = asyncio.create_task(_publish(dev, broker, header))
+    plan, released, mode = _plan(cfg, clock)
+    dev.privacy_status["privacy"] = mode.describe()  # the unit and budget, declared on the status topic too
+    if dev.odometer is not None and dev.odometer.unit != mode.privacy().unit:
+        raise ConfigError(f"{cfg.device_id}: odometer unit {dev.odometer.unit} differs from {mode.privacy().unit}")
+    sampler = asyncio.create_task(_sample(dev, plan, released, mode))
+    publisher = asyncio.create_task(_publish(dev, broker, mode))
     try:
         await asyncio.wait({sampler, publisher}, return_when=asyncio.FIRST_EXCEPTION)
         if sampler.done() and sampler.exception() is not None:

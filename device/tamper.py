@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device.errors import DeviceError
-from device.model_client import model_topic
+from federation.telemetry import model_topic
 
 KINDS = ("bit-flip", "unsigned", "forged", "oversized", "garbage")
 

@@ -3,7 +3,9 @@
 Nodes keep the history and send it; the cloud recomputes epsilon from it rather than trusting a number.
 Cumulative epsilon composes the whole history in one accountant (not a sum of per-round epsilons).
 The accountants are Opacus': PRV (Gopi et al. 2021) and RDP (Mironov 2017; Mironov et al. 2019).
-Unit of privacy: one training window (record); delta is stated with every epsilon.
+Unit of privacy: whatever the sampled-and-clipped unit was. Nodes sample and clip whole patients (user-level
+DP-SGD, `gateway.trainer`), so the same (noise, rate, steps) history gives epsilon per patient; a node that chose
+record-level DP-SGD reports per training window, and says so (`UNITS`). Delta is stated with every epsilon.
 
 Entries with the same (noise_multiplier, sample_rate) are merged before accounting: composing a subsampled
 Gaussian mechanism n1 times and then n2 times is composing it n1 + n2 times, and composition is order-free,
@@ -20,7 +22,8 @@ from functools import lru_cache
 
 ACCOUNTANTS = ("prv", "rdp")
 DEFAULT_DELTA = 1e-5
-UNIT = "window"
+UNITS = ("patient", "window")  # per patient: user-level DP-SGD (the default); per window: record-level, if chosen
+DEFAULT_UNIT = "patient"
 
 Step = tuple[float, float, int]  # (noise_multiplier, sample_rate, steps)
 

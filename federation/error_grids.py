@@ -130,3 +130,11 @@ def clarke_fractions(reference: np.ndarray, prediction: np.ndarray) -> dict[str,
 def parkes_fractions(reference: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
     """Parkes type 1 zone fractions of paired values (keys A..E and AB)."""
     return zone_fractions(parkes_zones(reference, prediction))
+
+
+
+def parkes_t1_lines() -> list[tuple[str, list[float], list[float]]]:
+    """The Parkes type 1 zone boundaries as (outer zone letter, xs, ys) polylines in mg/dL, for plotting: the same
+    vertex tables `parkes_zones` uses (Pfützner et al. 2013); every line ends on the edge of the 0-550 plot."""
+    tables = (*_PARKES_T1_UPPER.items(), *_PARKES_T1_LOWER.items())
+    return [(letter, [float(x) for x, _ in v], [float(y) for _, y in v]) for letter, v in tables]

@@ -1,7 +1,8 @@
 """The forecaster as a TFLite model run by the LiteRT interpreter (``ai-edge-litert``, else ``tflite-runtime``).
 
-The exported graph takes one window of 24 readings in mg/dL (float32, shape (1, 24)) and returns the forecasts
-at +30 and +60 min in mg/dL (shape (1, 2)); the standardisation of `federation.model` is inside the graph.
+The exported graph takes one window of model inputs (float32, shape (1, N_INPUTS): 24 readings in mg/dL, then the
+`federation.features` in their raw units) and returns the forecasts at +30 and +60 min in mg/dL (shape (1, 2));
+the standardisation of `federation.model` is inside the graph.
 Both the cloud (agreement check at export) and the device (inference) run it through `TFLiteForecaster`.
 """
 
@@ -10,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from federation.errors import WearfedError
-from federation.model import HISTORY_STEPS, HORIZON_STEPS
+from federation.model import HORIZON_STEPS, N_INPUTS
 
-INPUT_SHAPE = (1, HISTORY_STEPS)
+INPUT_SHAPE = (1, N_INPUTS)
 OUTPUT_SHAPE = (1, len(HORIZON_STEPS))
 
 
@@ -56,16 +57,16 @@ class TFLiteForecaster:
                               f"{INPUT_SHAPE} -> {OUTPUT_SHAPE}")
         self._in, self._out = ins[0]["index"], outs[0]["index"]
 
-    def predict_one(self, history_mgdl: np.ndarray) -> np.ndarray:
-        """Forecast (2,) mg/dL at +30 and +60 min from one window of 24 readings (mg/dL)."""
-        x = np.asarray(history_mgdl, dtype=np.float32).reshape(INPUT_SHAPE)
+    def predict_one(self, window: np.ndarray) -> np.ndarray:
+        """Forecast (2,) mg/dL at +30 and +60 min from one window of model inputs (N_INPUTS,)."""
+        x = np.asarray(window, dtype=np.float32).reshape(INPUT_SHAPE)
         self._it.set_tensor(self._in, x)
         self._it.invoke()
         return self._it.get_tensor(self._out)[0].astype(np.float64)
 
-    def predict(self, x_mgdl: np.ndarray) -> np.ndarray:
+    def predict(self, x: np.ndarray) -> np.ndarray:
         """Forecasts (n, 2) for n windows, one invocation each (the graph has a fixed batch of 1)."""
-        x = np.asarray(x_mgdl, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != HISTORY_STEPS:
-            raise ValueError(f"expected windows of shape (n, {HISTORY_STEPS}), got {x.shape}")
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != N_INPUTS:
+            raise ValueError(f"expected windows of shape (n, {N_INPUTS}), got {x.shape}")
         return np.stack([self.predict_one(row) for row in x]) if len(x) else np.empty((0, OUTPUT_SHAPE[1]))

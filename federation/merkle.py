@@ -11,7 +11,7 @@ does not prove what it claims, including malformed hashes, sizes and proof eleme
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from federation.errors import WearfedError
 
@@ -50,7 +50,10 @@ def inclusion_proof(leaf_index: int, leaf_hashes: Sequence[bytes]) -> list[bytes
 
     Raises ``ValueError`` unless ``0 <= leaf_index < len(leaf_hashes)``.
     """
-    n = len(leaf_hashes)
+    return _inclusion(leaf_index, len(leaf_hashes), lambda lo, hi: _subtree_hash(leaf_hashes, lo, hi))
+
+
+def _inclusion(leaf_index: int, n: int, subtree: Callable[[int, int], bytes]) -> list[bytes]:
     if not 0 <= leaf_index < n:
         raise ValueError(f"leaf_index {leaf_index} is outside a tree of size {n}")
     top_down: list[bytes] = []
@@ -58,10 +61,10 @@ def inclusion_proof(leaf_index: int, leaf_hashes: Sequence[bytes]) -> list[bytes
     while hi - lo > 1:
         k = _largest_power_of_two_below(hi - lo)
         if leaf_index < lo + k:
-            top_down.append(_subtree_hash(leaf_hashes, lo + k, hi))
+            top_down.append(subtree(lo + k, hi))
             hi = lo + k
         else:
-            top_down.append(_subtree_hash(leaf_hashes, lo, lo + k))
+            top_down.append(subtree(lo, lo + k))
             lo += k
     return top_down[::-1]
 
@@ -72,7 +75,10 @@ def consistency_proof(old_size: int, leaf_hashes: Sequence[bytes]) -> list[bytes
     The proof is empty when ``old_size`` is 0 or equal to the current size (nothing to prove). Raises
     ``ValueError`` unless ``0 <= old_size <= len(leaf_hashes)``.
     """
-    n = len(leaf_hashes)
+    return _consistency(old_size, len(leaf_hashes), lambda lo, hi: _subtree_hash(leaf_hashes, lo, hi))
+
+
+def _consistency(old_size: int, n: int, subtree: Callable[[int, int], bytes]) -> list[bytes]:
     if not 0 <= old_size <= n:
         raise ValueError(f"old_size {old_size} is outside 0..{n}")
     if old_size in (0, n):
@@ -82,13 +88,13 @@ def consistency_proof(old_size: int, leaf_hashes: Sequence[bytes]) -> list[bytes
     while m != hi - lo:
         k = _largest_power_of_two_below(hi - lo)
         if m <= k:
-            top_down.append(_subtree_hash(leaf_hashes, lo + k, hi))
+            top_down.append(subtree(lo + k, hi))
             hi = lo + k
         else:
-            top_down.append(_subtree_hash(leaf_hashes, lo, lo + k))
+            top_down.append(subtree(lo, lo + k))
             lo, m, whole_old_tree = lo + k, m - k, False
     # SUBPROOF(m, D[m], b): empty if D[m] is the whole old tree (the verifier has its root), else MTH(D[m]).
-    seed = [] if whole_old_tree else [_subtree_hash(leaf_hashes, lo, hi)]
+    seed = [] if whole_old_tree else [subtree(lo, hi)]
     return seed + top_down[::-1]
 
 
@@ -196,13 +202,16 @@ class MerkleLog:
     """Append-only list of leaf hashes with its RFC 9162 root kept up to date in O(log n) per append.
 
     Besides the leaf hashes it keeps the roots of the perfect subtrees that make up the current tree
-    (one per set bit of the size, largest first), so :meth:`root` costs O(log n). Proofs and historic roots
-    are recomputed from the leaf hashes in O(n).
+    (one per set bit of the size, largest first), so :meth:`root` costs O(log n), and every complete aligned
+    subtree hash (``levels[k][i]`` covers leaves ``[i * 2**k, (i + 1) * 2**k)``; about twice the leaf storage),
+    so any subtree hash costs O(log n) and proofs and historic roots O(log^2 n): a server answers proofs for
+    a long log without rehashing it.
     """
 
     def __init__(self, leaf_hashes: Iterable[bytes] = ()) -> None:
         self._leaves: list[bytes] = []
         self._frontier: list[bytes] = []
+        self._levels: list[list[bytes]] = [self._leaves]
         for h in leaf_hashes:
             self.append_leaf_hash(h)
 
@@ -230,6 +239,13 @@ class MerkleLog:
         index = len(self._leaves)
         self._leaves.append(h)
         _push(self._frontier, index, h)
+        level, count = 0, index + 1
+        while count % 2 == 0:  # a complete aligned subtree just closed at each level where count is even
+            if len(self._levels) == level + 1:
+                self._levels.append([])
+            below = self._levels[level]
+            self._levels[level + 1].append(node_hash(below[-2], below[-1]))
+            level, count = level + 1, count // 2
         return index
 
     def root(self, tree_size: int | None = None) -> bytes:
@@ -238,22 +254,33 @@ class MerkleLog:
             return _fold_right_edge(self._frontier)
         if not 0 <= tree_size <= len(self._leaves):
             raise ValueError(f"tree_size {tree_size} is outside 0..{len(self._leaves)}")
-        return _subtree_hash(self._leaves, 0, tree_size)
+        return self._range(0, tree_size)
 
     def inclusion_proof(self, index: int, tree_size: int | None = None) -> list[bytes]:
         """Audit path for leaf ``index`` in the tree of ``tree_size`` leaves (default: current size)."""
-        return inclusion_proof(index, self._prefix(tree_size))
+        return _inclusion(index, self._size(tree_size), self._range)
 
     def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
         """Consistency proof from ``old_size`` to ``new_size`` leaves (default: current size)."""
-        return consistency_proof(old_size, self._prefix(new_size))
+        return _consistency(old_size, self._size(new_size), self._range)
 
-    def _prefix(self, tree_size: int | None) -> Sequence[bytes]:
+    def _size(self, tree_size: int | None) -> int:
         if tree_size is None:
-            return self._leaves
+            return len(self._leaves)
         if not 0 <= tree_size <= len(self._leaves):
             raise ValueError(f"tree_size {tree_size} is outside 0..{len(self._leaves)}")
-        return self._leaves[:tree_size]
+        return tree_size
+
+    def _range(self, lo: int, hi: int) -> bytes:
+        """MTH of leaves ``[lo, hi)`` from the stored complete subtrees (RFC 9162 section 2.1.1's split)."""
+        n = hi - lo
+        if n <= 0:
+            return EMPTY_ROOT_HASH
+        if n & (n - 1) == 0 and lo % n == 0:
+            k = n.bit_length() - 1
+            return self._levels[k][lo >> k]
+        k = _largest_power_of_two_below(n)
+        return node_hash(self._range(lo, lo + k), self._range(lo + k, hi))
 
 
 def extend_frontier(frontier: Sequence[bytes], size: int, h: bytes) -> list[bytes]:

@@ -1,5 +1,8 @@
-"""The glucose forecaster every node trains: a small MLP from 2 h of 5-min CGM to glucose at +30 and +60 min.
+"""The glucose forecaster every node trains: a small MLP from 2 h of 5-min CGM plus insulin, carb and time-of-day
+features (`federation.features`) to glucose at +30 and +60 min.
 
+Inputs (N_INPUTS per window): 24 glucose values in mg/dL, oldest first, then the N_FEATURES features in their raw
+units; `normalise_inputs` standardises both (glucose around 150 +- 50 mg/dL, features by their center and scale).
 The MLP predicts the change from the last reading (a residual over the persistence baseline).
 
 Weights travel as one flat float32 vector in a fixed layer order, so the cloud can average them with numpy
@@ -12,13 +15,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from federation.features import FEATURE_CENTER, FEATURE_SCALE, N_FEATURES
+
 HISTORY_STEPS = 24  # 2 h on a 5-min grid
 HORIZON_STEPS = (6, 12)  # +30 min, +60 min
 GRID_SECONDS = 300
+N_INPUTS = HISTORY_STEPS + N_FEATURES
+LAST_GLUCOSE = HISTORY_STEPS - 1  # column of the last reading: the residual's base
 # Inputs and outputs are standardised around typical CGM values.
 GLUCOSE_CENTER = 150.0
 GLUCOSE_SCALE = 50.0
-ARCHITECTURE = "mlp-24-48-48-2+last"
+INPUT_CENTER = np.concatenate([np.full(HISTORY_STEPS, GLUCOSE_CENTER), FEATURE_CENTER]).astype(np.float32)
+INPUT_SCALE = np.concatenate([np.full(HISTORY_STEPS, GLUCOSE_SCALE), FEATURE_SCALE]).astype(np.float32)
+HIDDEN = (44, 40)
+ARCHITECTURE = f"mlp-{N_INPUTS}-{HIDDEN[0]}-{HIDDEN[1]}-2+last/iob-cob-ctx24h"
 
 
 @dataclass(frozen=True)
@@ -29,9 +39,9 @@ class LayerShape:
 
 
 LAYERS = (
-    LayerShape("fc1", HISTORY_STEPS, 48),
-    LayerShape("fc2", 48, 48),
-    LayerShape("out", 48, len(HORIZON_STEPS)),
+    LayerShape("fc1", N_INPUTS, HIDDEN[0]),
+    LayerShape("fc2", HIDDEN[0], HIDDEN[1]),
+    LayerShape("out", HIDDEN[1], len(HORIZON_STEPS)),
 )
 N_PARAMS = sum(s.fan_in * s.fan_out + s.fan_out for s in LAYERS)
 
@@ -62,18 +72,27 @@ def unflatten(weights: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def normalise(glucose: np.ndarray) -> np.ndarray:
+    """Glucose values (targets) in the network's units."""
     return (np.asarray(glucose, dtype=np.float32) - GLUCOSE_CENTER) / GLUCOSE_SCALE
+
+
+def normalise_inputs(x: np.ndarray) -> np.ndarray:
+    """Windows (n, N_INPUTS) in the network's units; checks the width."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != N_INPUTS:
+        raise ValueError(f"expected inputs of shape (n, {N_INPUTS}) for {ARCHITECTURE}, got {x.shape}")
+    return (x - INPUT_CENTER) / INPUT_SCALE
 
 
 def denormalise(z: np.ndarray) -> np.ndarray:
     return np.asarray(z, dtype=np.float64) * GLUCOSE_SCALE + GLUCOSE_CENTER
 
 
-def predict(weights: np.ndarray, history_mgdl: np.ndarray) -> np.ndarray:
-    """Numpy forward pass: (n, 24) mg/dL -> (n, 2) mg/dL at +30 and +60 min."""
-    h = normalise(history_mgdl)
+def predict(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Numpy forward pass: windows (n, N_INPUTS) -> (n, 2) mg/dL at +30 and +60 min."""
+    h = normalise_inputs(x)
     layers = unflatten(np.asarray(weights, dtype=np.float32))
-    last = h[:, -1:]
+    last = h[:, LAST_GLUCOSE:LAST_GLUCOSE + 1]
     for k, (w, b) in enumerate(layers):
         h = h @ w.T + b
         if k < len(layers) - 1:
@@ -99,7 +118,7 @@ def to_torch(weights: np.ndarray):  # -> torch.nn.Module; torch is imported only
             self.mlp = nn.Sequential(*layers)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.mlp(x) + x[:, -1:]
+            return self.mlp(x) + x[:, LAST_GLUCOSE:LAST_GLUCOSE + 1]
 
     module = Forecaster()
     linear = [m for m in module.mlp if isinstance(m, nn.Linear)]

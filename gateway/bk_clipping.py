@@ -173,6 +173,43 @@ class BKModule(nn.Module):
         return out
 
 
+    def clipped_group_sum(self, *, group_size: int, max_grad_norm: float) -> list[torch.Tensor]:
+        """Per-group clipping (user-level DP: a group is one patient's windows): rows k*m .. k*m + m - 1 of the
+        recorded batch (m = `group_size`) form group k; each group's gradient, the gradient of the recorded loss
+        summed over its rows, is clipped to norm C as a whole, and the clipped gradients are summed. One flat tensor
+        per `trainable_parameters()`; then forgets the batch.
+
+        The loss must be a sum over rows (weight a row by 1/k for a mean over a patient's k windows; padding rows of
+        weight 0 contribute nothing). Group k's weight gradient is G_k^T A_k (Linear layers; the same identity as
+        per-sample clipping with a block of rows per sample), formed by one batched matrix product, its norm over
+        all trainable parameters (flat clipping), its factor min(1, C / (||grad_k|| + 1e-6)) as Opacus'. This is the
+        per-user clipping of DP-FedSGD (McMahan, Ramage, Talwar and Zhang 2018, "Learning Differentially Private
+        Recurrent Language Models", ICLR, Algorithm 1 with one local step)."""
+        layers = self._layers
+        if any(la.a is None or la.g is None for la in layers):
+            raise ValueError("no activations and gradients recorded since the last step: call optimizer.zero_grad(), "
+                             "then forward and backward on one batch")
+        n, m = self._batch, int(group_size)
+        if m < 1 or n % m:
+            raise ValueError(f"{n} recorded rows do not split into groups of {m}")
+        if any(la.a.shape[0] != n or la.g.shape[0] != n for la in layers):
+            raise ConfigError("a Linear layer saw other than one input row per batch row: group gradients would be "
+                              "wrong")
+        k = n // m
+        grads: list[torch.Tensor] = []
+        for la in layers:
+            g = la.g.reshape(k, m, -1)
+            if la.weight:
+                grads.append(torch.bmm(g.transpose(1, 2), la.a.reshape(k, m, -1)).reshape(k, -1))
+            if la.bias:
+                grads.append(g.sum(dim=1))
+        norms = torch.sqrt(sum((gr * gr).sum(dim=1) for gr in grads)) if k else torch.zeros(0)
+        factor = (max_grad_norm / (norms + OPACUS_CLIP_EPS)).clamp(max=1.0)
+        self.clear()
+        return [factor @ gr for gr in grads]
+
+
+
 def _supported_layers(module: nn.Module) -> list[_Layer]:
     if any(True for _ in module.parameters(recurse=False)):
         raise ConfigError(f"{type(module).__name__} holds parameters outside nn.Linear layers: BK clipping "

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from federation.drift import DRIFT_DOMAIN, histogram
+from federation.runtime import atomic_write_json
 from federation.signing import sign
 from gateway.cloud_client import CloudRejected
 
@@ -58,7 +59,7 @@ class DriftReporter:
 
     def due(self) -> list[tuple[float, float]]:
         """Completed windows not reported yet, oldest first."""
-        rows = self._query("SELECT MIN(t), MAX(t) FROM readings")
+        rows = self._query("SELECT MIN(t), MAX(t) FROM readings WHERE stream = 'glucose'")
         if not rows or rows[0][0] is None:
             return []
         lo, hi = rows[0]
@@ -71,16 +72,15 @@ class DriftReporter:
         return out
 
     def report(self, start: float, end: float) -> dict:
-        values = [v for (v,) in self._query("SELECT value FROM readings WHERE t >= ? AND t < ?", (start, end))]
+        values = [v for (v,) in self._query("SELECT value FROM readings WHERE stream = 'glucose' AND t >= ? AND t < ?",
+                                            (start, end))]
         doc = {"participant": self.participant_id, "t_start": float(start), "t_end": float(end),
                "counts": histogram(values), "report_id": f"{self.participant_id}-{int(start)}-{int(end)}"}
         return {**doc, "signature": sign(self.key, doc, domain=DRIFT_DOMAIN)}
 
     def _advance(self, end: float) -> None:
         self.next_start = end
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"next_start": end}))
-        tmp.replace(self.path)
+        atomic_write_json(self.path, {"next_start": end})
 
     async def send_due(self, cloud) -> int:  # noqa: ANN001 - gateway.cloud_client.CloudClient
         """Send every completed window; returns how many were acknowledged. Transport errors propagate."""

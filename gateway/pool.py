@@ -8,6 +8,11 @@ fifty participants on a 2-core machine train one or two at a time instead of thr
 The spec is JSON: ``{"nodes": [{"id": "h-001", "data": "h-001/clinical.csv", "state_dir": "h-001",
 "enroll_token": "..."}, ...]}``; relative paths resolve against the spec's directory. Keep the file private:
 it holds one-time enrollment tokens.
+
+Consent: each node has its own `gateway.hospital_consent.HospitalConsent` in its state directory, as a lone node
+does; `wearfed hospital withdraw --state-dir <node's> --data <node's>` writes the tombstone, the pool rebuilds that
+node's windows without the patient within one status interval, before its next round, and sends the counts-only
+report to the cloud under that node's key.
 """
 
 from __future__ import annotations
@@ -24,10 +29,14 @@ from pathlib import Path
 import httpx
 
 from federation.errors import ConfigError
+from federation.responses import PublicRound
 from federation.windows import windows_from_series
+from gateway.consent import send_reports
 from gateway.daemon import install_stop_signals, write_json_atomic
-from gateway.hospital import load_clinical_csv
+from gateway.hospital import check_clinical_data
+from gateway.hospital_consent import HospitalConsent
 from gateway.node import NodeConfig, ParticipantNode
+from gateway.witness import LogWitnessAlarm
 
 log = logging.getLogger(__name__)
 STATUS_SECONDS = 2.0
@@ -51,26 +60,59 @@ def load_pool_spec(path: Path) -> list[dict]:
         if node["id"] in seen:
             raise ConfigError(f"{path}: nodes[{i}].id {node['id']!r} is repeated")
         seen.add(node["id"])
+        if bool(node.get("region")) != bool(node.get("region_url")):
+            raise ConfigError(f"{path}: nodes[{i}] needs both region and region_url, or neither")
         out.append({"id": node["id"], "data": path.parent / node["data"],
-                    "state_dir": path.parent / node["state_dir"], "enroll_token": node.get("enroll_token") or ""})
+                    "state_dir": path.parent / node["state_dir"], "enroll_token": node.get("enroll_token") or "",
+                    "region": node.get("region"), "region_url": node.get("region_url")})
     return out
 
 
-def build_nodes(spec: list[dict], template: NodeConfig) -> list[tuple[ParticipantNode, dict]]:
-    """One participant node per spec entry, trained on that entry's clinical CSV (read once, here)."""
+class ConsentedWindows:
+    """One pool node's training windows: its clinical series without the patients who withdrew, rebuilt when the
+    node's tombstone file changes (`refresh`)."""
+
+    def __init__(self, series: dict, consent: HospitalConsent, data: Path) -> None:
+        self.series, self.consent, self.data = series, consent, data
+        self.mtime: int | None = None
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Rebuild after a withdrawal; True when something changed."""
+        if self.consent.mtime() == self.mtime:
+            return False
+        self.mtime = self.consent.mtime()
+        kept = self.consent.keep(self.series)
+        self.withdrawn = len(self.series) - len(kept)
+        self.windows = windows_from_series(kept, resampled=True)
+        self.patients = len(kept)
+        return True
+
+    def __call__(self, _cutoff: float | None) -> object:
+        self.refresh()  # a tombstone written since the last status write counts for this round already
+        return self.windows  # clinical data is historical: every window is available to every round
+
+    def facts(self) -> dict:
+        return {"patients": self.patients, "windows": len(self.windows), "withdrawn_patients": self.withdrawn,
+                "consent_reports_pending": len(self.consent.pending_reports()), "data": str(self.data)}
+
+
+def build_nodes(spec: list[dict], template: NodeConfig) -> list[tuple[ParticipantNode, ConsentedWindows]]:
+    """One participant node per spec entry, trained on that entry's clinical CSV (read once, here) without the
+    patients withdrawn in its state directory."""
     nodes = []
     for entry in spec:
-        series = load_clinical_csv(entry["data"])
-        x, y = windows_from_series(series.values())
+        series = check_clinical_data(entry["data"]).data.series  # refuses a file that gives no window
         cfg = replace(template, participant_id=entry["id"], state_dir=entry["state_dir"],
-                      enroll_token=entry["enroll_token"])
+                      enroll_token=entry["enroll_token"], region=entry.get("region") or template.region,
+                      region_url=entry.get("region_url") or template.region_url)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        node = ParticipantNode(cfg, lambda _cutoff, x=x, y=y: (x, y))
-        nodes.append((node, {"patients": len(series), "windows": len(x), "data": str(entry["data"])}))
+        source = ConsentedWindows(series, HospitalConsent(cfg.state_dir), entry["data"])
+        nodes.append((ParticipantNode(cfg, source), source))
     return nodes
 
 
-async def run_pool(nodes: list[tuple[ParticipantNode, dict]], *, training_slots: int = 1,
+async def run_pool(nodes: list[tuple[ParticipantNode, ConsentedWindows]], *, training_slots: int = 1,
                    poll_seconds: float = 0.5) -> None:
     """Serve rounds for every node until SIGTERM; at most `training_slots` nodes answer at once."""
     stop = asyncio.Event()
@@ -79,11 +121,15 @@ async def run_pool(nodes: list[tuple[ParticipantNode, dict]], *, training_slots:
     inflight: dict[str, asyncio.Task] = {}
 
     def write_status() -> None:
-        for node, facts in nodes:
+        for node, source in nodes:
+            if source.refresh():  # `wearfed hospital withdraw` wrote a tombstone in this node's state directory
+                log.warning("hospital %s: consent withdrawn; windows rebuilt without %d patient(s)",
+                            node.cfg.participant_id, source.withdrawn)
             write_json_atomic(node.cfg.state_dir / "status.json", {
-                "updated": time.time(), "kind": "hospital", "pool_pid": os.getpid(), **facts, **node.status()})
+                "updated": time.time(), "kind": "hospital", "pool_pid": os.getpid(), **source.facts(),
+                **node.status()})
 
-    async def answer(node: ParticipantNode, rnd: dict) -> None:
+    async def answer(node: ParticipantNode, rnd: PublicRound) -> None:
         async with slots:
             await node.serve_round(rnd)
 
@@ -93,15 +139,26 @@ async def run_pool(nodes: list[tuple[ParticipantNode, dict]], *, training_slots:
             await asyncio.sleep(STATUS_SECONDS)
 
     reporter = asyncio.create_task(report())
+    senders = [asyncio.create_task(send_reports(source.consent, node, stop)) for node, source in nodes]
     await asyncio.gather(*(node.enroll_until_ready(stop) for node, _ in nodes))
     log.info("pool of %d hospitals enrolled", len(nodes))
     poller = nodes[0][0]
     while not stop.is_set():
         rnd = await poller.poll_round()
+        try:  # one witness of the cloud's audit log for the process (gateway/witness.py), before any answer
+            if not await poller.witness.check(poller.cloud, force=any(n.should_answer(rnd) for n, _ in nodes)):
+                rnd = None
+        except LogWitnessAlarm:
+            break  # forked or rolled back: the alarm file and a critical log line say so; answer nothing more
+        if rnd is not None and poller.witness.seen is not None:  # each node acknowledges the shared witness's check
+            for node, _ in nodes[1:]:
+                await node.witness.acknowledge(node.cloud, poller.witness.seen, force=node.should_answer(rnd))
         for node, _ in nodes:
             pid = node.cfg.participant_id
             if pid in inflight and inflight[pid].done():
                 inflight.pop(pid).result()  # serve_round handles round errors; anything else is a bug: raise
+            if rnd is not None and pid not in inflight:
+                await node.secagg.step(rnd)  # secure aggregation's phases other than input (gateway.secagg_client)
             if pid not in inflight and node.should_answer(rnd):
                 inflight[pid] = asyncio.create_task(answer(node, rnd))
             elif pid not in inflight and node.state.outbox:
@@ -112,9 +169,10 @@ async def run_pool(nodes: list[tuple[ParticipantNode, dict]], *, training_slots:
     log.info("pool stopping: letting %d in-flight rounds finish", len(inflight))
     with contextlib.suppress(TimeoutError):  # each submission is checkpointed in its node's outbox first
         await asyncio.wait_for(asyncio.gather(*inflight.values(), return_exceptions=True), timeout=5)
-    reporter.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await reporter
+    for task in (reporter, *senders):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     write_status()
     for node, _ in nodes:
         await node.aclose()

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import Protocol
 
 from federation.errors import ConfigError
 
@@ -28,11 +29,17 @@ def parse_devices(text: str) -> frozenset[str]:
     return frozenset(ids)
 
 
-class DeviceRegistry:
-    """Known device ids; `None` path means an open registry (any id is known)."""
+class Revoked(Protocol):
+    def reason(self, device: str) -> str | None: ...
 
-    def __init__(self, path: Path | None) -> None:
+
+class DeviceRegistry:
+    """Known device ids; `None` path means an open registry (any id is known). `revoked` (`gateway.acl_watch`) names
+    devices whose readings are refused even though they are known."""
+
+    def __init__(self, path: Path | None, *, revoked: Revoked | None = None) -> None:
         self.path = path
+        self.revoked = revoked
         self._lock = threading.Lock()
         self._mtime: int | None = None
         self._ids: frozenset[str] = frozenset()
@@ -70,6 +77,12 @@ class DeviceRegistry:
                 log.error("device registry %s has a bad line (%s); keeping the last %d ids", self.path, exc,
                           len(self._ids))
             return device in self._ids
+
+    def refusal(self, device: str) -> str | None:
+        """Why readings of `device` are refused (revoked, or unknown), None if they are accepted."""
+        if self.revoked is not None and (why := self.revoked.reason(device)) is not None:
+            return why
+        return None if device in self else f"unknown device {device!r} (not in the gateway's device registry)"
 
     def __len__(self) -> int:
         return len(self._ids)

@@ -13,6 +13,11 @@ added to the payload under ``tflite`` once the cloud has exported it, after the 
 same pinned key and checked it is the same model version; until then (409: export pending, litert-torch
 missing) the release goes out without it and is published again, with it, when it appears (a new release
 serial, e.g. after a rollback, is published again too).
+
+The relay publishes as its own principal (`BrokerAccess`: ``gateway-<gw>-relay`` from `wearfed provision`, client id
+the same), never with the ingest's login: on a broker with ``use_username_as_clientid`` that login is the ingest's
+client id, and a clean-session publish under it would take over and discard the ingest's persistent session
+(readings the broker had acknowledged to devices would be lost). Over TLS when its access says so.
 """
 
 from __future__ import annotations
@@ -30,8 +35,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from federation import model
 from federation.errors import SchemaError, SignatureError, WearfedError
 from federation.release import verify_release, verify_tflite_release
-from federation.telemetry import TOPIC_ROOT
+from federation.responses import PublicRound, ReleaseKey
+from federation.runtime import atomic_write_json, atomic_write_text
+from federation.telemetry import model_topic
 from gateway.cloud_client import CloudClient, CloudRejected
+from gateway.ingest import BrokerAccess
 
 log = logging.getLogger(__name__)
 CHECK_SECONDS = 10.0
@@ -44,16 +52,17 @@ class RelayError(WearfedError):
     """A release could not be verified or published; the message says which check failed."""
 
 
-def model_topic(gateway: str) -> str:
-    return f"{TOPIC_ROOT}/{gateway}/model"
+def relay_client_id(gateway: str, access: BrokerAccess) -> str:
+    """The relay's own client id: its username (what `use_username_as_clientid` makes it anyway), else a fixed one."""
+    return access.username or f"gateway-{gateway}-relay"
 
 
-def publish_retained(*, host: str, port: int, topic: str, payload: bytes, client_id: str,
-                     username: str | None = None, password: str | None = None, timeout: float = 10.0) -> None:
+def publish_retained(*, access: BrokerAccess, topic: str, payload: bytes, client_id: str,
+                     timeout: float = 10.0) -> None:
     """Publish one retained QoS 1 message and wait for the broker's PUBACK."""
+    host, port = access.host, access.port
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-    if username:
-        client.username_pw_set(username, password)
+    access.configure(client)
     try:
         client.connect(host, port, keepalive=30)
         client.loop_start()
@@ -61,7 +70,7 @@ def publish_retained(*, host: str, port: int, topic: str, payload: bytes, client
         info.wait_for_publish(timeout=timeout)
         if not info.is_published():
             raise RelayError(f"broker did not acknowledge the retained model on {topic} within {timeout}s")
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         raise RelayError(f"cannot publish to {host}:{port}: {exc}") from exc
     finally:
         client.disconnect()
@@ -69,10 +78,12 @@ def publish_retained(*, host: str, port: int, topic: str, payload: bytes, client
 
 
 class ModelRelay:
-    def __init__(self, gateway: str, state_dir: Path, *, host: str, port: int, username: str | None = None,
-                 password: str | None = None, release_key: str | None = None) -> None:
-        self.gateway, self.host, self.port = gateway, host, port
-        self._auth = (username, password)
+    def __init__(self, gateway: str, state_dir: Path, *, host: str = "127.0.0.1", port: int = 1883,
+                 username: str | None = None, password: str | None = None, release_key: str | None = None,
+                 access: BrokerAccess | None = None) -> None:
+        """`access` (the relay's own principal and TLS) wins over the plain host/port/username/password keywords."""
+        self.access = access or BrokerAccess(host=host, port=port, username=username, password=password)
+        self.gateway, self.host, self.port = gateway, self.access.host, self.access.port
         self._pin_path = state_dir / "release-key.pub"
         self._state_path = state_dir / "relay.json"
         self.pinned_key = release_key or (self._pin_path.read_text().strip() if self._pin_path.exists() else None)
@@ -89,13 +100,13 @@ class ModelRelay:
         return {"model_relayed": self.relayed_version, "relay_error": self.last_error,
                 "tflite_relayed_serial": self.relayed_serial, "tflite_error": self.tflite_error}
 
-    async def after_round(self, rnd: dict, cloud: CloudClient) -> None:
+    async def after_round(self, rnd: PublicRound | None, cloud: CloudClient) -> None:
         """Hook for the participant loop: check for a new release after a completed round, else periodically."""
-        done = rnd.get("state") == "completed" and rnd.get("round") != self._last_completed
+        done = rnd is not None and rnd.state == "completed" and rnd.round != self._last_completed
         if not done and time.monotonic() < self._next_check:
             return
-        if done:
-            self._last_completed = rnd.get("round")
+        if rnd is not None and done:
+            self._last_completed = rnd.round
         self._next_check = time.monotonic() + CHECK_SECONDS
         try:
             await self.relay_current(cloud)
@@ -106,12 +117,14 @@ class ModelRelay:
             log.warning("%s: no model relayed (%s); asking again in %.0fs", self.gateway, exc, CHECK_SECONDS)
 
     async def release_key(self, cloud: CloudClient) -> str:
-        served = (await cloud.request("GET", "/v1/release-key")).json().get("public_key")
-        if not isinstance(served, str) or not served:
+        try:
+            served = ReleaseKey.model_validate((await cloud.request("GET", "/v1/release-key")).json()).public_key
+        except ValueError as exc:  # not JSON, or not a release key (pydantic's ValidationError is a ValueError)
+            raise RelayError(f"cloud served no release key ({exc})") from None
+        if not served:
             raise RelayError("cloud served no release key")
         if self.pinned_key is None:
-            self._pin_path.parent.mkdir(parents=True, exist_ok=True)
-            self._pin_path.write_text(served + "\n")
+            atomic_write_text(self._pin_path, served + "\n")
             self.pinned_key = served
             log.info("%s: pinned release key %s (trust on first use)", self.gateway, served)
         elif served != self.pinned_key:
@@ -134,14 +147,11 @@ class ModelRelay:
         if tflite is not None:
             release = {**release, "tflite": tflite}
         payload = json.dumps(release, sort_keys=True, separators=(",", ":")).encode()
-        user, password = self._auth
-        await asyncio.to_thread(publish_retained, host=self.host, port=self.port, topic=model_topic(self.gateway),
-                                payload=payload, client_id=f"gateway-{self.gateway}-relay", username=user,
-                                password=password)
+        await asyncio.to_thread(publish_retained, access=self.access, topic=model_topic(self.gateway),
+                                payload=payload, client_id=relay_client_id(self.gateway, self.access))
         self.relayed_version, self.relayed_serial, self.last_error = manifest.version, serial, None
-        tmp = self._state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"version": manifest.version, "tflite_serial": serial, "published_at": time.time()}))
-        tmp.replace(self._state_path)
+        atomic_write_json(self._state_path, {"version": manifest.version, "tflite_serial": serial,
+                                             "published_at": time.time()})
         log.info("%s: relayed signed model %s (TFLite release %s) to %s (retained)", self.gateway, manifest.version,
                  serial, model_topic(self.gateway))
 

@@ -1,6 +1,6 @@
 """A node's durable state: DP-SGD history (the accountant's input), rounds answered, and the outbox.
 
-Written atomically (temp file, fsync, rename) so a kill at any point leaves the old or the new state.
+Written atomically (`federation.runtime.atomic_write_json`) so a kill at any point leaves the old or the new state.
 The outbox holds a signed submission until the cloud has acknowledged it, so a crash never retrains
 (and never spends privacy twice) for a round already trained.
 """
@@ -8,9 +8,11 @@ The outbox holds a signed submission until the cloud has acknowledged it, so a c
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from federation.runtime import atomic_write_json
+from gateway.errors import GatewayError
 
 
 @dataclass
@@ -27,16 +29,11 @@ class NodeState:
             doc = json.loads(path.read_text())
             return cls(history=doc["history"], answered=doc["answered"], outbox=doc["outbox"])
         except (ValueError, KeyError) as exc:
-            raise RuntimeError(f"node state {path} is corrupt ({exc}); refusing to start with a blank budget") from exc
+            raise GatewayError(f"node state {path} is corrupt ({exc}); refusing to start with a blank budget") from exc
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            json.dump({"history": self.history, "answered": self.answered, "outbox": self.outbox}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write_json(path, {"history": self.history, "answered": self.answered, "outbox": self.outbox})
 
     def steps(self) -> list[tuple[float, float, int]]:
         return [(float(s), float(q), int(n)) for s, q, n in self.history]

@@ -24,9 +24,11 @@ class DemoConfig:
     seed: int | None = None
     source: str | None = None
     ldp_mechanism: str | None = None
-    ldp_epsilon: float | None = None
+    ldp_unit: str | None = None  # "patient-day" (the scenario's) or "reading" (the labelled event-level option)
+    ldp_epsilon: float | None = None  # per patient-day, or per reading with ldp_unit "reading"
     heldout_patients: int | None = None
     broker: str = "auto"
+    keep_open: bool = False  # leave the federation up after the last round (the dashboard) until Ctrl-C
 
     def scenario(self) -> Scenario:
         doc = load_scenario("demo").model_dump()
@@ -40,7 +42,18 @@ class DemoConfig:
             cohort["heldout_patients"] = self.heldout_patients
         if self.ldp_mechanism is not None:
             privacy["ldp_mechanism"] = self.ldp_mechanism
-            privacy["ldp_epsilon"] = None if self.ldp_mechanism == "none" else (self.ldp_epsilon or 8.0)
+        if self.ldp_unit is not None:
+            privacy["ldp_unit"] = self.ldp_unit
+        if privacy["ldp_mechanism"] == "none":
+            privacy["ldp_epsilon"] = privacy["ldp_daily_cap"] = None
+        elif privacy["ldp_unit"] == "reading":
+            # given alone, --ldp-epsilon applies to the scenario's mechanism; validated (> 0) by the scenario model
+            privacy["ldp_epsilon"] = self.ldp_epsilon if self.ldp_epsilon is not None else \
+                (privacy["ldp_epsilon"] or 8.0)
+        else:
+            privacy["ldp_epsilon"] = privacy["ldp_daily_cap"] = None
+            if self.ldp_epsilon is not None:
+                privacy["ldp_epsilon_per_day"] = self.ldp_epsilon
         if self.rounds is not None:
             doc["rounds"]["count"] = self.rounds
         n_gw = self.gateways or len(doc["gateways"])
@@ -58,4 +71,4 @@ class DemoConfig:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    return run_replay(cfg.scenario(), cfg.out, broker=cfg.broker)
+    return run_replay(cfg.scenario(), cfg.out, broker=cfg.broker, keep_open=cfg.keep_open)

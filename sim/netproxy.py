@@ -2,6 +2,8 @@
 
 The gateway is pointed at the relay instead of the broker or cloud; `cut()` closes every relayed connection
 and refuses new ones (as a dropped link would), `restore()` accepts again. Runs on its own event-loop thread.
+`tap`, when set, is given every chunk the client sends upstream: what an eavesdropper on a plain-HTTP link sees
+(the attack drill, sim/attack_drill.py, captures a genuine submission with it to replay).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Callable
 
 from sim.broker import free_port
 
@@ -18,6 +21,7 @@ class TcpRelay:
         self.target = (target_host, target_port)
         self.port = listen_port or free_port()
         self._cut = False
+        self.tap: Callable[[bytes], None] | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"relay-{self.port}", daemon=True)
@@ -36,14 +40,16 @@ class TcpRelay:
             return
         self._writers |= {writer, up_writer}
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, upstream: bool = False) -> None:
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 while data := await src.read(65536):
+                    if upstream and self.tap is not None:
+                        self.tap(data)
                     dst.write(data)
                     await dst.drain()
             dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, upstream=True), pipe(up_reader, writer))
         self._writers -= {writer, up_writer}
 
     def cut(self) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from federation.runtime import terminate
 
 
 @dataclass
@@ -50,15 +51,7 @@ class ProcessGroup:
         self.procs[name].wait()
 
     def stop(self, name: str, *, timeout: float = 15.0) -> int | None:
-        proc = self.procs[name]
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        return terminate(self.procs[name], timeout=timeout)
 
     def stop_all(self) -> None:
         for name in reversed(list(self.procs)):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from sim.outcomes import held_back_reason
 
 
 class RoundPrinter:
@@ -22,21 +23,30 @@ class RoundPrinter:
         self.console.print(f"[bold yellow]![/bold yellow] {msg}")
 
     @contextlib.contextmanager
-    def streaming(self, total: int) -> Iterator[Callable[[int, float], None]]:
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("sim {task.fields[sim]}"), TimeElapsedColumn(), console=self.console)
-        task = progress.add_task("readings published", total=total, sim="")
+    def streaming(self, *, start: float, span_s: float) -> Iterator[Callable[[int, float], None]]:
+        """A bar over the simulated time the devices stream (`span_s` from `start`), with the readings published
+        so far beside it. It fills as the simulated clock passes the end of the span and is completed on exit:
+        readings are not a usable total (warm-up gaps, hourly insulin and carb releases, a dead battery)."""
+        hours = span_s / 3600
+        progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20), TaskProgressColumn(),
+                            TextColumn("{task.fields[hours]}/{task.fields[total_h]} sim h · "
+                                       "{task.fields[published]:,} readings"),
+                            TimeElapsedColumn(), console=self.console)
+        task = progress.add_task("streaming", total=span_s, hours="0.0", total_h=f"{hours:.1f}", published=0)
 
         def update(published: int, sim_now: float) -> None:
-            sim = datetime.fromtimestamp(sim_now, UTC).strftime("%Y-%m-%d %H:%M")
-            progress.update(task, completed=published, sim=sim)
+            done = min(max(sim_now - start, 0.0), span_s)
+            progress.update(task, completed=done, hours=f"{done / 3600:.1f}", published=published)
 
         with progress:
             self.console = progress.console
             yield update
+            progress.update(task, completed=span_s, hours=f"{hours:.1f}")
 
     def round_table(self, row: dict) -> None:
         title = f"round {row['round']}: {row['state']}"
+        if row.get("model_version") is not None and row.get("gates_failed"):
+            title += " (not promoted)"
         if row.get("model_version") is not None and "rmse30" in row:
             title += (f" — model v{row['model_version']}, RMSE@30 {row['rmse30']:.2f} mg/dL "
                       f"(persistence {row['persistence_rmse30']:.2f}), RMSE@60 {row['rmse60']:.2f} "
@@ -45,14 +55,17 @@ class RoundPrinter:
         else:
             title += f" — {row.get('failure_reason')}"
         table = Table(title=title, title_justify="left")
-        for col in ("participant", "windows", "eps total", "eps round", "delta", "unit", "accountant"):
+        for col in ("participant", "trained on", "eps total", "eps round", "delta", "unit", "accountant"):
             table.add_column(col)
-        for p, eps in row["epsilon"].items():
-            table.add_row(p, str(row["windows"][p]), f"{eps['value']:.3f}", f"{eps['round_value']:.3f}",
-                          f"{eps['delta']:g}", eps["unit"], eps["accountant"])
+        for p, eps in row["epsilon"].items():  # row["windows"][p]: the update's n_samples, counted in eps["unit"]s
+            table.add_row(p, f"{row['windows'][p]} {eps['unit']}s", f"{eps['value']:.3f}", f"{eps['round_value']:.3f}",
+                          f"{eps['delta']:g}", f"per {eps['unit']}", eps["accountant"])
         for r in row["refusals"]:
             table.add_row(r["participant"], "-", "refused", "", "", "", r["reason"])
         self.console.print(table)
+        held = held_back_reason(row) if row.get("model_version") is not None else None
+        if held:  # the cloud's state ("evaluated") alone does not say that the model stays out of production, or why
+            self.console.print(f"[bold yellow]round {row['round']} held back:[/bold yellow] {held}")
 
     def readings(self, counts: dict) -> None:
         self.console.print(
@@ -76,3 +89,18 @@ class RoundPrinter:
             lines.append(f"rollback v{b['from']} -> v{b['to']} on all devices: {mark[b['reached_all']]} "
                          f"({b['seconds']} s){'' if b['reached_all'] else ', missing ' + ', '.join(b['missing'])}")
         self.console.print("release to devices (" + ", ".join(r["gateways"]) + "):\n  " + "\n  ".join(lines))
+
+    def attack_drill(self, r: dict) -> None:
+        if r.get("error"):
+            self.warn(f"attack drill: {r['error']}")
+        table = Table(title=f"attack drill during round {r['round']} (containment: the attacker's first request -> "
+                            "the cloud's intrusion.contained)")
+        for col in ("attack", "from", "requests", "rule", "contained", "audited", "alerted", "seconds"):
+            table.add_column(col)
+        for a in r["attacks"]:
+            table.add_row(a["attack"], a["address"], str(a["requests"]), str(a["rule"]), str(a["contained"]),
+                          str(a["audited"]), str(a["alerted"]), str(a["containment_seconds"]))
+        self.console.print(table)
+        self.console.print(f"containment: max {r['containment_seconds_max']} s, median "
+                           f"{r['containment_seconds_median']} s (the secure-deployment study: {r['study_seconds']} s; "
+                           f"goal under {r['goal_seconds']} s)")

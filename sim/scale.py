@@ -32,22 +32,39 @@ def run_scale(s: Scenario, out: Path, *, broker: str = "auto") -> dict:
     out = prepare_run_dir(out)
     (out / "scenario.json").write_text(s.model_dump_json(indent=2))
     runs: dict[int, dict] = {}
+    regional: dict[int, dict] = {}
+    regions = s.scale.regions
     for n in s.scale.participants:
         runs[n] = run_replay(at_scale(s, n), out / f"n{n}", broker=broker, pool_processes=s.scale.pool_processes)
+        if regions:
+            regional[n] = run_replay(at_scale(s, n), out / f"n{n}-regions{regions}", broker=broker,
+                                     pool_processes=s.scale.pool_processes, regions=regions)
     low, high = min(runs), max(runs)
-    t_low, t_high = round_seconds(runs[low]), round_seconds(runs[high])
-    scale = {f"round_seconds_{n}": round_seconds(r) for n, r in sorted(runs.items())}
-    scale["ratio"] = round(t_high / t_low, 3) if t_low and t_high else None
+    scale = _ratio(runs, low, high, "")
+    if regions:
+        scale.update(_ratio(regional, low, high, "_regions"), regions=regions)
     scale["participants"] = sorted(runs)
     scale["patients"] = s.scale.patients
+    every = {str(n): r for n, r in sorted(runs.items())} | {f"{n}-regions{regions}": r for n, r in regional.items()}
     summary = {**runs[high], "scenario": s.scenario.name, "scale": scale,
-               "runs": {str(n): {"rounds": r["rounds"], "wall_seconds": r["wall_seconds"],
-                                 "readings": r["readings"]} for n, r in sorted(runs.items())},
+               "runs": {key: {"rounds": r["rounds"], "wall_seconds": r["wall_seconds"],
+                              "readings": r["readings"]} for key, r in every.items()},
                "wall_seconds": round(time.time() - t_start, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     from sim.html_report import write_report
 
     write_report(summary, out)
-    ratio = "n/a" if scale["ratio"] is None else f"{scale['ratio']:.2f}x"
-    print(f"scale: round time {t_low} s at {low} participants, {t_high} s at {high}: ratio {ratio}")
+    for suffix, label in (("", "direct"), ("_regions", f"through {regions} region relays")):
+        if f"ratio{suffix}" in scale:
+            ratio = "n/a" if scale[f"ratio{suffix}"] is None else f"{scale[f'ratio{suffix}']:.2f}x"
+            print(f"scale ({label}): round time {scale[f'round_seconds_{low}{suffix}']} s at {low} participants, "
+                  f"{scale[f'round_seconds_{high}{suffix}']} s at {high}: ratio {ratio}")
     return summary
+
+
+def _ratio(runs: dict[int, dict], low: int, high: int, suffix: str) -> dict:
+    """Median round seconds per count and the largest count's over the smallest's, keys ending in `suffix`."""
+    out: dict = {f"round_seconds_{n}{suffix}": round_seconds(r) for n, r in sorted(runs.items())}
+    t_low, t_high = out[f"round_seconds_{low}{suffix}"], out[f"round_seconds_{high}{suffix}"]
+    out[f"ratio{suffix}"] = round(t_high / t_low, 3) if t_low and t_high else None
+    return out

@@ -25,6 +25,7 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 
 from federation.errors import ConfigError
+from firmware_profiles import canonical_name
 
 from .params import read_table
 
@@ -126,7 +127,7 @@ def _profiles() -> dict[str, SensorProfile]:
         "dexcom-g6": SensorProfile(
             "dexcom-g6", 5, 40.0, 400.0, dex, warmup_min=120.0, session_days=10.0, **wear
         ),
-        "libre3": SensorProfile("libre3", 1, 40.0, 400.0, nav, warmup_min=60.0, session_days=14.0, **wear),
+        "libre-3": SensorProfile("libre-3", 1, 40.0, 400.0, nav, warmup_min=60.0, session_days=14.0, **wear),
         "guardianrt": SensorProfile(
             "guardianrt", 5, sg["GuardianRT"]["min"], sg["GuardianRT"]["max"], grt,
             warmup_min=120.0, session_days=7.0, **wear,
@@ -141,6 +142,7 @@ def get_sensor(sensor: str | SensorProfile) -> SensorProfile:
     """A profile by name (see ``SENSOR_PROFILES``) or the profile itself."""
     if isinstance(sensor, SensorProfile):
         return sensor
+    sensor = canonical_name(sensor)  # libre3 is libre-3, as the firmware profile is named
     if sensor not in SENSOR_PROFILES:
         raise ConfigError(f"sensor: unknown profile {sensor!r}; known: {sorted(SENSOR_PROFILES)}")
     return SENSOR_PROFILES[sensor]

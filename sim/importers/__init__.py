@@ -10,6 +10,7 @@ from sim.importers.errors import (
     CGMImportError,
     EmptyExportError,
     MissingColumnError,
+    OutOfRangeError,
     RowError,
     UnknownFormatError,
 )
@@ -18,5 +19,6 @@ from sim.importers.model import MGDL_PER_MMOL, CGMExport, PatientSeries
 
 __all__ = [
     "FORMATS", "MGDL_PER_MMOL", "AmbiguousDateError", "CGMExport", "CGMImportError", "EmptyExportError",
-    "MissingColumnError", "PatientSeries", "RowError", "UnknownFormatError", "detect_format", "load_cgm_export",
+    "MissingColumnError", "OutOfRangeError", "PatientSeries", "RowError", "UnknownFormatError", "detect_format",
+    "load_cgm_export",
 ]

@@ -7,8 +7,10 @@ exports (teamdynamix.umich.edu, "What are the differences between patient and pr
 Glucose Value (mg/dL),Insulin Value (u),Carb Value (grams),Duration (hh:mm:ss),
 Glucose Rate of Change (mg/dL/min),Transmitter Time (Long Integer),Transmitter ID`, then rows without a
 timestamp for patient information (FirstName, LastName, ...), devices and alert settings, then timed events.
-Only `Event Type` = EGV rows are sensor readings; Calibration, Insulin, Carbs, Alert... rows are skipped and
-counted, and patient-information values are never read. mmol/L exports name the column
+`Event Type` = EGV rows are sensor readings; Insulin rows (subtype Fast-Acting or Long-Acting, both read as
+units delivered at that time) are insulin events from `Insulin Value (u)`, Carbs rows carb events from
+`Carb Value (grams)`; Calibration, Alert, Exercise, Health... rows are skipped and counted, and
+patient-information values are never read. mmol/L exports name the column
 `Glucose Value (mmol/L)`. Outside the sensor's range an EGV reads "Low" or "High": imported as 40 / 400 mg/dL
 and flagged in `censored`. Timestamps are the display device's local time without offset: pass `tz`.
 """
@@ -20,9 +22,10 @@ from zoneinfo import ZoneInfo
 
 from sim.importers.errors import MissingColumnError, RowError
 from sim.importers.model import HIGH_MGDL, LOW_MGDL, MGDL_PER_MMOL, CGMExport, Collector, Errors, parse_iso
-from sim.importers.textio import csv_rows, first_lines, sniff_delimiter
+from sim.importers.textio import csv_rows, decimal, first_lines, sniff_delimiter
 
 EVENT = "Event Type"
+AMOUNTS = {"Insulin": ("insulin", "Insulin Value (u)"), "Carbs": ("carbs", "Carb Value (grams)")}
 
 
 def is_clarity_header(line: str) -> bool:
@@ -56,7 +59,7 @@ def parse_clarity(path: Path, text: str, *, patient: str, tz: ZoneInfo, errors: 
         col.rows_read += 1
         cells += [""] * (len(header) - len(cells))
         event = cells[e_i]
-        if event != "EGV":
+        if event != "EGV" and (event not in AMOUNTS or AMOUNTS[event][1] not in idx):
             col.skip(f"event {event or '(blank)'}")
             continue
         try:
@@ -67,6 +70,16 @@ def parse_clarity(path: Path, text: str, *, patient: str, tz: ZoneInfo, errors: 
             except ValueError as exc:
                 raise RowError(path, f"timestamp {raw_t!r} is not YYYY-MM-DDThh:mm:ss", line=line,
                                field=time_name) from exc
+            if event in AMOUNTS:
+                kind, name = AMOUNTS[event]
+                raw = cells[idx[name]]
+                try:
+                    amount = decimal(raw, delim)
+                except ValueError as exc:
+                    raise RowError(path, f"{event} row without a number ({raw!r})", line=line,
+                                   field=name) from exc
+                col.event(patient, t, kind, amount, line=line, time_field=time_name, field=name)
+                continue
             censored = 0
             if raw_g.lower() == "low":
                 mgdl, censored = LOW_MGDL, -1
@@ -74,7 +87,7 @@ def parse_clarity(path: Path, text: str, *, patient: str, tz: ZoneInfo, errors: 
                 mgdl, censored = HIGH_MGDL, 1
             else:
                 try:
-                    value = float(raw_g.replace(",", ".") if delim != "," else raw_g)
+                    value = decimal(raw_g, delim)
                 except ValueError as exc:
                     what = "an EGV row without a glucose value" if not raw_g else f"glucose {raw_g!r} is not a number"
                     raise RowError(path, what, line=line, field=g_name) from exc

@@ -5,7 +5,9 @@
     ├── UnknownFormatError   the format cannot be detected, or the forced format does not match the file
     ├── MissingColumnError   a required column or key is absent
     ├── AmbiguousDateError   day/month order of a LibreView file cannot be decided, or is inconsistent
-    └── RowError             one row has an unparsable or out-of-range timestamp or glucose value
+    └── RowError             one row has an unparsable timestamp or value, or a timestamp outside 2000-2100
+        └── OutOfRangeError  a glucose, insulin or carbs value outside its plausible range (countable with
+                             errors="drop-out-of-range")
 """
 
 from __future__ import annotations
@@ -49,3 +51,7 @@ class AmbiguousDateError(CGMImportError):
 
 class RowError(CGMImportError):
     """A timestamp or glucose value cannot be parsed or is out of the plausible range."""
+
+
+class OutOfRangeError(RowError):
+    """A well-formed glucose, insulin or carbs value outside its plausible range (a unit mistake, or a bad entry)."""

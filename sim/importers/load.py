@@ -7,7 +7,7 @@ from pathlib import Path
 from sim.importers.clarity import is_clarity_header, parse_clarity
 from sim.importers.errors import CGMImportError, UnknownFormatError
 from sim.importers.libreview import DateOrder, is_libreview_header, parse_libreview
-from sim.importers.model import CGMExport, Errors, zone
+from sim.importers.model import ERRORS, CGMExport, Errors, zone
 from sim.importers.nightscout import parse_nightscout
 from sim.importers.plain_csv import is_plain_header, parse_plain_csv
 from sim.importers.textio import first_lines, read_text
@@ -43,13 +43,14 @@ def load_cgm_export(path: Path | str, *, fmt: str = "auto", tz: str | None = Non
     fmt: "auto" or one of FORMATS. tz: IANA zone of local timestamps (Clarity, LibreView, ISO without offset;
     UTC if omitted, and the export's notes say so). patient: id for single-patient formats (default: the file
     name without extension). units: plain CSV only. date_order and include_scans: LibreView only.
-    errors: "raise" (default) stops at the first bad row; "drop" counts bad rows in `dropped` and goes on.
+    errors: "raise" (default) stops at the first bad row; "drop" counts bad rows in `dropped` and goes on;
+    "drop-out-of-range" counts only values outside the plausible range and still stops at a malformed row.
     """
     path = Path(path)
     if fmt != "auto" and fmt not in FORMATS:
         raise CGMImportError(path, f"unknown format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")
-    if errors not in ("raise", "drop"):
-        raise CGMImportError(path, f"errors must be 'raise' or 'drop', got {errors!r}")
+    if errors not in ERRORS:
+        raise CGMImportError(path, f"errors must be one of {', '.join(ERRORS)}, got {errors!r}")
     text = read_text(path)
     found = detect_format(text)
     if fmt == "auto":

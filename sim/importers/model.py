@@ -4,7 +4,10 @@ Units: 1 mmol/L of glucose = 18.0182 mg/dL (molar mass of glucose 180.182 g/mol 
 CGM implementation guide and ISO 15197 conversions use; the R package `ega` uses the same 18.0182).
 Plausible range: every CGM we import reports 40-400 mg/dL (Dexcom) or 40-500 mg/dL (FreeStyle Libre, per
 Tidepool's Abbott FreeStyle Libre checklist) and prints "Low"/"High" outside; a value outside 20-600 mg/dL is
-a unit or parsing mistake (5.6 read as mg/dL, say), so it is a RowError, never a reading.
+a unit or parsing mistake (5.6 read as mg/dL, say), so it is an OutOfRangeError, never a reading.
+Insulin and carbs, where an export has them, are events (unix seconds, amount): units delivered, grams announced.
+One event above 100 U or 500 g (federation/limits.py, the hospital loader's bounds too) or below 0 is an
+OutOfRangeError; a zero amount is no event (counted as skipped).
 """
 
 from __future__ import annotations
@@ -19,13 +22,20 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
-from sim.importers.errors import CGMImportError, EmptyExportError, RowError
+from federation.limits import CARBS_MAX_G, INSULIN_MAX_U
+from sim.importers.errors import CGMImportError, EmptyExportError, OutOfRangeError, RowError
 
 MGDL_PER_MMOL = 18.0182
 MIN_MGDL, MAX_MGDL = 20.0, 600.0
 LOW_MGDL, HIGH_MGDL = 40.0, 400.0  # what a "Low" / "High" text reading becomes (Dexcom's reportable range)
 MIN_UNIX, MAX_UNIX = 946_684_800, 4_102_444_800  # 2000-01-01 .. 2100-01-01 UTC
-Errors = Literal["raise", "drop"]
+EVENT_KINDS = ("insulin", "carbs")
+Errors = Literal["raise", "drop", "drop-out-of-range"]
+ERRORS = ("raise", "drop", "drop-out-of-range")
+
+
+def _empty(dtype: type) -> np.ndarray:
+    return np.empty(0, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,10 @@ class PatientSeries:
     censored: np.ndarray  # int8: -1 the device printed "Low" (value is LOW_MGDL), +1 "High" (HIGH_MGDL), 0 a number
     devices: tuple[str, ...] = ()
     serials: tuple[str, ...] = ()
+    insulin_times: np.ndarray = field(default_factory=lambda: _empty(np.int64))  # sorted unix seconds
+    insulin_units: np.ndarray = field(default_factory=lambda: _empty(np.float64))  # units delivered
+    carb_times: np.ndarray = field(default_factory=lambda: _empty(np.int64))
+    carb_grams: np.ndarray = field(default_factory=lambda: _empty(np.float64))  # grams announced
 
 
 @dataclass(frozen=True)
@@ -61,13 +75,24 @@ class CGMExport:
     def readings(self) -> int:
         return sum(len(s.times) for s in self.patients.values())
 
+    @property
+    def events(self) -> dict[str, int]:
+        """Insulin and carb events imported, over all patients."""
+        return {"insulin": sum(len(s.insulin_times) for s in self.patients.values()),
+                "carbs": sum(len(s.carb_times) for s in self.patients.values())}
+
     def report(self) -> dict:
         """A JSON-ready account of the import (no glucose values, no names)."""
+        def span(s: PatientSeries) -> dict:
+            return {"first": int(s.times[0]), "last": int(s.times[-1])} if len(s.times) else {}
+
         return {
             "path": str(self.path), "format": self.fmt, "source_units": self.source_units,
             "converted_to_mgdl": self.converted, "rows_read": self.rows_read, "readings": self.readings,
-            "patients": {p: {"readings": len(s.times), "first": int(s.times[0]), "last": int(s.times[-1]),
+            "events": self.events,
+            "patients": {p: {"readings": len(s.times), **span(s),
                              "low_flagged": int(np.sum(s.censored < 0)), "high_flagged": int(np.sum(s.censored > 0)),
+                             "insulin_events": len(s.insulin_times), "carb_events": len(s.carb_times),
                              "devices": list(s.devices), "serials": list(s.serials)}
                          for p, s in self.patients.items()},
             "skipped": dict(self.skipped), "dropped": dict(self.dropped), "notes": list(self.notes),
@@ -96,9 +121,34 @@ def parse_iso(text: str, tz: ZoneInfo) -> tuple[int, bool]:
     return int((dt.replace(tzinfo=tz) if naive else dt).timestamp()), naive
 
 
+def dedupe_glucose(t: np.ndarray, g: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, Counter]:
+    """One reading per timestamp from arrays stably sorted by time (the first of a repeat wins), and the count of
+    repeats dropped, by whether their value agreed with the one kept."""
+    dropped: Counter = Counter()
+    dup = np.zeros(len(t), dtype=bool)
+    dup[1:] = t[1:] == t[:-1]
+    if dup.any():
+        kept = np.maximum.accumulate(np.where(~dup, np.arange(len(t)), 0))  # the reading kept for each timestamp
+        same = dup & (g == g[kept])
+        dropped["duplicate timestamp, same value"] += int(same.sum())
+        dropped["duplicate timestamp, different value (first in file kept)"] += int((dup & ~same).sum())
+    return t[~dup], g[~dup], c[~dup], +dropped
+
+
+def dedupe_events(t: np.ndarray, a: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray, Counter]:
+    """Events sorted by time with exact repeats (same time, same amount: a double upload) dropped and counted;
+    two different amounts at one time are both kept (a meal and a correction bolus)."""
+    order = np.lexsort((a, t))
+    t, a = t[order], a[order]
+    dup = np.zeros(len(t), dtype=bool)
+    dup[1:] = (t[1:] == t[:-1]) & (a[1:] == a[:-1])
+    dropped = Counter({f"duplicate {kind} event": int(dup.sum())})
+    return t[~dup], a[~dup], +dropped
+
+
 @dataclass
 class Collector:
-    """Accumulates readings of one import; applies the range checks and the errors= policy."""
+    """Accumulates readings and events of one import; applies the range checks and the errors= policy."""
 
     path: Path
     fmt: str
@@ -110,38 +160,44 @@ class Collector:
     dropped: Counter = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
     _rows: dict[str, list[tuple[int, float, int, int]]] = field(default_factory=dict)
+    _events: dict[str, dict[str, list[tuple[int, float]]]] = field(default_factory=dict)
     _devices: dict[str, set[str]] = field(default_factory=dict)
     _serials: dict[str, set[str]] = field(default_factory=dict)
     _first_bad: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.errors not in ("raise", "drop"):
-            raise ValueError(f"errors must be 'raise' or 'drop', got {self.errors!r}")
+        if self.errors not in ERRORS:
+            raise ValueError(f"errors must be one of {', '.join(ERRORS)}, got {self.errors!r}")
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] += 1
 
     def bad(self, exc: RowError) -> None:
-        """A bad row: raise it, or (errors="drop") count it and keep the first few messages as notes."""
-        if self.errors == "raise":
+        """A bad row: raise it, or count it and keep the first few messages as notes (errors="drop"; with
+        "drop-out-of-range" only values outside the plausible range are counted, malformed rows still raise)."""
+        if self.errors == "raise" or (self.errors == "drop-out-of-range" and not isinstance(exc, OutOfRangeError)):
             raise exc
-        self.dropped[f"invalid {exc.field}"] += 1
+        what = "out-of-range" if isinstance(exc, OutOfRangeError) else "invalid"
+        self.dropped[f"{what} {exc.field}"] += 1
         if len(self._first_bad) < 5:
             self._first_bad.append(str(exc))
 
-    def add(self, patient: str, t: int, mgdl: float, *, censored: int = 0, line: int | None = None,
-            entry: int | None = None, time_field: str = "time", glucose_field: str = "glucose",
-            device: str | None = None, serial: str | None = None) -> None:
+    def _check_time(self, t: int, line: int | None, entry: int | None, time_field: str) -> None:
         if not MIN_UNIX <= t < MAX_UNIX:
             hint = " (milliseconds where seconds are expected?)" if t >= MAX_UNIX * 100 else ""
             raise RowError(self.path, f"timestamp {t} is outside 2000-2100{hint}", line=line, entry=entry,
                            field=time_field)
+
+    def add(self, patient: str, t: int, mgdl: float, *, censored: int = 0, line: int | None = None,
+            entry: int | None = None, time_field: str = "time", glucose_field: str = "glucose",
+            device: str | None = None, serial: str | None = None) -> None:
+        self._check_time(t, line, entry, time_field)
         if not np.isfinite(mgdl) or not MIN_MGDL <= mgdl <= MAX_MGDL:
             hint = ""
             if np.isfinite(mgdl) and MIN_MGDL <= mgdl * MGDL_PER_MMOL <= MAX_MGDL:
                 hint = " (a mmol/L value read as mg/dL? pass units='mmol/L')"
-            raise RowError(self.path, f"glucose {mgdl:g} mg/dL is outside {MIN_MGDL:g}-{MAX_MGDL:g}{hint}",
-                           line=line, entry=entry, field=glucose_field)
+            raise OutOfRangeError(self.path, f"glucose {mgdl:g} mg/dL is outside {MIN_MGDL:g}-{MAX_MGDL:g}{hint}",
+                                  line=line, entry=entry, field=glucose_field)
         order = line if line is not None else (entry or 0)
         self._rows.setdefault(patient, []).append((t, float(mgdl), censored, order))
         if device:
@@ -149,30 +205,46 @@ class Collector:
         if serial:
             self._serials.setdefault(patient, set()).add(serial)
 
-    def finish(self, source_units: str) -> CGMExport:
-        if not self._rows:
+    def event(self, patient: str, t: int, kind: str, amount: float, *, line: int | None = None,
+              entry: int | None = None, time_field: str = "time", field: str = "amount") -> None:
+        """An insulin (units) or carbs (grams) event; a zero amount is counted as skipped, not kept."""
+        self._check_time(t, line, entry, time_field)
+        hi = INSULIN_MAX_U if kind == "insulin" else CARBS_MAX_G
+        if not np.isfinite(amount) or not 0.0 <= amount <= hi:
+            unit = "U" if kind == "insulin" else "g"
+            raise OutOfRangeError(self.path, f"{kind} {amount:g} {unit} is outside 0-{hi:g} {unit} for one event",
+                                  line=line, entry=entry, field=field)
+        if amount == 0:
+            self.skip(f"{kind} event of 0")
+            return
+        self._events.setdefault(patient, {}).setdefault(kind, []).append((t, float(amount)))
+
+    def finish(self, source_units: str, *, glucose_required: bool = True) -> CGMExport:
+        if not self._rows and (glucose_required or not self._events):
             reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())) or "none"
             bad = f"; {sum(self.dropped.values())} invalid rows dropped" if self.dropped else ""
-            raise EmptyExportError(self.path, f"no glucose readings ({self.rows_read} rows read; "
-                                              f"skipped {reasons}{bad})")
+            what = "glucose readings" if glucose_required else "glucose readings, insulin or carbs"
+            raise EmptyExportError(self.path, f"no {what} ({self.rows_read} rows read; skipped {reasons}{bad})")
         patients = {}
-        for patient, rows in sorted(self._rows.items()):
-            rows.sort(key=lambda r: (r[0], r[3]))  # by time, then file order: the first of a duplicate wins
-            t = np.array([r[0] for r in rows], dtype=np.int64)
-            g = np.array([r[1] for r in rows], dtype=np.float64)
-            c = np.array([r[2] for r in rows], dtype=np.int8)
-            dup = np.zeros(len(t), dtype=bool)
-            dup[1:] = t[1:] == t[:-1]
-            if dup.any():
-                # compare each duplicate with the reading kept for its timestamp
-                kept = np.maximum.accumulate(np.where(~dup, np.arange(len(t)), 0))
-                same = dup & (g == g[kept])
-                self.dropped["duplicate timestamp, same value"] += int(same.sum())
-                self.dropped["duplicate timestamp, different value (first in file kept)"] += int((dup & ~same).sum())
+        for patient in sorted(set(self._rows) | set(self._events)):
+            rows = sorted(self._rows.get(patient, []), key=lambda r: (r[0], r[3]))  # time, then file order
+            t, g, c, dropped = dedupe_glucose(np.array([r[0] for r in rows], dtype=np.int64),
+                                              np.array([r[1] for r in rows], dtype=np.float64),
+                                              np.array([r[2] for r in rows], dtype=np.int8))
+            self.dropped.update(dropped)
+            ev = {}
+            for kind in EVENT_KINDS:
+                pairs = self._events.get(patient, {}).get(kind, [])
+                et, ea, dropped = dedupe_events(np.array([p[0] for p in pairs], dtype=np.int64),
+                                                np.array([p[1] for p in pairs], dtype=np.float64), kind)
+                self.dropped.update(dropped)
+                ev[kind] = (et, ea)
             patients[patient] = PatientSeries(
-                patient=patient, times=t[~dup], glucose_mgdl=g[~dup], censored=c[~dup],
+                patient=patient, times=t, glucose_mgdl=g, censored=c,
                 devices=tuple(sorted(self._devices.get(patient, ()))),
-                serials=tuple(sorted(self._serials.get(patient, ()))))
+                serials=tuple(sorted(self._serials.get(patient, ()))),
+                insulin_times=ev["insulin"][0], insulin_units=ev["insulin"][1],
+                carb_times=ev["carbs"][0], carb_grams=ev["carbs"][1])
         notes = list(self.notes) + [f"dropped: {m}" for m in self._first_bad]
         if self.local_times:
             zone_name = str(self.tz or "UTC")

@@ -8,6 +8,7 @@ LoopKit/Loop issue #542. Only `sgv` entries are readings; mbg (meter) and cal (c
 skipped and counted. sgv values below 39 are not glucose but Dexcom status codes (1 SENSOR_NOT_ACTIVE,
 3 NO_ANTENNA, 5 SENSOR_NOT_CALIBRATED, 9 ABSOLUTE_DEVIATION, 12 BAD_RF, ...; cgm-remote-monitor
 lib/plugins/errorcodes.js): skipped and counted. A Nightscout site is one person: one patient per file.
+A treatments export (objects with `eventType`) is read by `nightscout_treatments` into insulin and carb events.
 """
 
 from __future__ import annotations
@@ -18,18 +19,10 @@ from zoneinfo import ZoneInfo
 
 from sim.importers.errors import CGMImportError, RowError, UnknownFormatError
 from sim.importers.model import CGMExport, Collector, Errors, parse_iso
+from sim.importers.nightscout_treatments import is_treatments, parse_treatments
+from sim.importers.nightscout_treatments import number as _number
 
 DEXCOM_STATUS_CODE_BELOW = 39
-
-
-def _number(value: object) -> float:
-    if isinstance(value, bool):
-        raise ValueError("boolean")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        return float(value.strip())
-    raise ValueError(type(value).__name__)
 
 
 def _time(entry: dict, path: Path, k: int, tz: ZoneInfo) -> tuple[int, str]:
@@ -56,7 +49,10 @@ def parse_nightscout(path: Path, text: str, *, patient: str, tz: ZoneInfo, error
         raise CGMImportError(path, f"invalid JSON: {exc.msg}", line=exc.lineno, field="json") from exc
     if not isinstance(doc, list):
         raise UnknownFormatError(path, f"a Nightscout entries export is a JSON array, found a {type(doc).__name__}")
-    col = Collector(path, "nightscout", errors)
+    col = Collector(path, "nightscout", errors, tz)
+    if is_treatments(doc):
+        parse_treatments(path, doc, col, patient=patient, tz=tz)
+        return col.finish("mg/dL", glucose_required=False)
     for k, entry in enumerate(doc):
         col.rows_read += 1
         if not isinstance(entry, dict):

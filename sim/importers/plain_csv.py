@@ -4,7 +4,9 @@ Header names (case-insensitive): the time column is `timestamp` or `time`, unix 
 decimal) or ISO-8601 (an offset or Z is honoured; without one the time is local in `tz`). The glucose column
 is `glucose` (mg/dL unless `units="mmol/L"`), `glucose_mgdl` or `glucose_mmol`; a header that says its unit
 wins, and a `units=` that contradicts it is refused. An optional `patient` column splits the file into
-patients, so the hospital node's `patient,time,glucose` files import as they are.
+patients; optional `insulin` (units delivered at that time) and `carbs` (grams announced) columns are events, and
+a row may then leave glucose empty. So the hospital node's `patient,time,glucose,insulin,carbs` files import as
+they are.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def parse_plain_csv(path: Path, text: str, *, patient: str, tz: ZoneInfo, errors
     file_units = header_units or units or "mg/dL"
     t_i, g_i = names.index(t_name), names.index(g_name)
     p_i = names.index("patient") if "patient" in names else None
+    amounts = [(kind, names.index(kind)) for kind in ("insulin", "carbs") if kind in names]
     col = Collector(path, "csv", errors, tz)
     for line, cells in rows:
         col.rows_read += 1
@@ -61,15 +64,25 @@ def parse_plain_csv(path: Path, text: str, *, patient: str, tz: ZoneInfo, errors
             except ValueError as exc:
                 raise RowError(path, f"{raw_t!r} is neither unix seconds nor ISO-8601", line=line,
                                field=t_name) from exc
-            try:
-                value = float(raw_g)
-            except ValueError as exc:
-                raise RowError(path, f"{raw_g!r} is not a number", line=line, field=g_name) from exc
             who = patient
             if p_i is not None:
                 who = cells[p_i]
                 if not who:
                     raise RowError(path, "empty patient id", line=line, field="patient")
+            events = [(kind, cells[i]) for kind, i in amounts if cells[i]]
+            for kind, raw in events:
+                try:
+                    amount = float(raw)
+                except ValueError as exc:
+                    raise RowError(path, f"{raw!r} is not a number", line=line, field=kind) from exc
+                col.event(who, t, kind, amount, line=line, time_field=t_name, field=kind)
+            if not raw_g and events:
+                continue  # an insulin or carbs row
+            try:
+                value = float(raw_g)
+            except ValueError as exc:
+                what = "a row without glucose, insulin or carbs" if not raw_g else f"{raw_g!r} is not a number"
+                raise RowError(path, what, line=line, field=g_name) from exc
             col.add(who, t, value * MGDL_PER_MMOL if file_units == "mmol/L" else value, line=line,
                     time_field=t_name, glucose_field=g_name)
         except RowError as exc:

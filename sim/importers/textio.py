@@ -45,3 +45,9 @@ def csv_rows(text: str, delimiter: str, *, skip_lines: int = 0) -> Iterator[tupl
 
 def first_lines(text: str, n: int) -> list[str]:
     return [line.strip() for line in text.splitlines()[:n]]
+
+
+def decimal(raw: str, delimiter: str) -> float:
+    """A number cell; where the delimiter is not a comma, a decimal comma ("5,6") is read as a point.
+    ValueError if it is not a number."""
+    return float(raw.replace(",", ".") if delimiter != "," else raw)

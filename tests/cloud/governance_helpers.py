@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from federation.drift import DRIFT_DOMAIN, histogram
-from federation.evaluation import EVALUATION_DOMAIN, save_validation_set
+from federation.evaluation import AGE_GROUPS, EVALUATION_DOMAIN, save_validation_set
 from federation.signing import sign
 from federation.windows import make_windows
 from tests.cloud.participants import FakeNode
-from tests.conftest import ADMIN_TOKEN, CloudHandle, serve_app
+from tests.conftest import ADMIN_TOKEN, COMPLIANCE_TOKEN, CloudHandle, serve_app
 
 
 @contextlib.contextmanager
@@ -23,7 +23,8 @@ def served(tmp_path: Path, **settings: object) -> Iterator[CloudHandle]:
     from cloud.app import CloudSettings, create_app
 
     cfg = CloudSettings(db_url=f"sqlite:///{tmp_path / 'cloud.db'}", state_dir=tmp_path / "cloud-state",
-                        admin_token=ADMIN_TOKEN, dev_insecure_custodian=True, tick_seconds=0.1, **settings)
+                        admin_token=ADMIN_TOKEN, compliance_token=COMPLIANCE_TOKEN, dev_insecure_custodian=True,
+                        tick_seconds=0.1, **settings)
     app = create_app(cfg)
     with serve_app(app) as url:
         yield CloudHandle(url, app, cfg.state_dir, cfg.db_url)
@@ -37,9 +38,14 @@ def synthetic_windows(n_days: float = 1.0, *, seed: int = 0) -> tuple[np.ndarray
     return make_windows(np.clip(g, 45, 390))
 
 
-def write_validation_set(path: Path) -> Path:
+def write_validation_set(path: Path, *, shift: dict[str, float] | None = None) -> Path:
+    """Two days of synthetic windows, their age groups interleaved window by window (child, adolescent, adult, ...);
+    `shift` adds mg/dL to one group's targets (a group the model serves worse)."""
     x, y = synthetic_windows(2.0, seed=3)
-    save_validation_set(path, x, y, meta={"source": "test"})
+    groups = np.array(AGE_GROUPS)[np.arange(len(x)) % len(AGE_GROUPS)]
+    for g, mgdl in (shift or {}).items():
+        y[groups == g] += mgdl
+    save_validation_set(path, x, y, meta={"source": "test"}, groups=groups)
     return path
 
 

@@ -17,22 +17,22 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, insert, select, update
 
-from cloud.audit import ORIGIN, LedgerTampered, entry_bytes, verify_ledger
+from cloud.audit import ORIGIN, LedgerTampered, StateTampered, entry_bytes, verify_ledger
 from cloud.db import CheckpointRow, Event
 from federation.checkpoint import Checkpoint, sign_checkpoint
 from federation.merkle import MerkleLog, leaf_hash, verify_inclusion
-from tests.cloud.participants import ADMIN, issue_token
+from tests.cloud.participants import create_user, issue_token
 
 
 @pytest.fixture
 def ledger(cloud):  # noqa: ANN001, ANN201
-    """A ledger of a few dozen entries written through the API; returns the Federation."""
+    """A ledger of a few dozen entries written through the API; returns the cloud's store."""
     with httpx.Client(base_url=cloud.url, timeout=30) as http:
         for i in range(6):
             issue_token(http, f"gw-{i}")
-            http.post("/v1/users", json={"name": f"user-{i}", "role": "auditor"}, headers=ADMIN)
-            http.get("/v1/audit/entries")  # denied: audited
-    fed = cloud.federation
+            auditor = create_user(http, f"user-{i}", "auditor")
+            http.get("/v1/users", headers=auditor)  # a known user denied: audited
+    fed = cloud.units.store
     verify_ledger(fed.sessions)  # intact
     return fed
 
@@ -98,8 +98,8 @@ def test_deleted_rows_are_named(ledger) -> None:  # noqa: ANN001
 def test_reordered_rows_are_named(ledger) -> None:  # noqa: ANN001
     with ledger.sessions() as s:
         a, b = (s.scalars(select(Event).where(Event.seq == k)).one() for k in (9, 10))
-        swap_a = {"at": b.at, "kind": b.kind, "actor": b.actor, "detail": b.detail}
-        swap_b = {"at": a.at, "kind": a.kind, "actor": a.actor, "detail": a.detail}
+        swap_a = {"at": b.at, "kind": b.kind, "actor": b.actor, "detail": b.detail, "state_rows": b.state_rows}
+        swap_b = {"at": a.at, "kind": a.kind, "actor": a.actor, "detail": a.detail, "state_rows": a.state_rows}
     with tampered(ledger, update(Event).where(Event.seq == 9).values(**swap_a),
                   update(Event).where(Event.seq == 10).values(**swap_b)):
         assert named(ledger)[0] == 9
@@ -133,7 +133,7 @@ def test_checkpoint_forgery_is_caught(ledger) -> None:  # noqa: ANN001
     stmts = [update(Event).where(Event.seq == 3).values(actor="mallory")]
     for e in events:
         log.append(entry_bytes(seq=e.seq, at=e.at, kind=e.kind, actor="mallory" if e.seq == 3 else e.actor,
-                               detail=e.detail))
+                               detail=e.detail, rows=e.state_rows))
         if e.seq >= 3:
             cp = Checkpoint(origin=ORIGIN, tree_size=e.seq + 1, root_hash=log.root())
             stmts.append(update(CheckpointRow).where(CheckpointRow.tree_size == e.seq + 1).values(
@@ -158,13 +158,12 @@ def test_pinned_key_rejects_a_database_whose_key_was_swapped(ledger) -> None:  #
 
 def test_inclusion_proof_from_the_api_verifies(cloud, ledger) -> None:  # noqa: ANN001
     with httpx.Client(base_url=cloud.url, timeout=30) as http:
-        auditor = http.post("/v1/users", json={"name": "aud", "role": "auditor"}, headers=ADMIN).json()["token"]
-        h = {"Authorization": f"Bearer {auditor}"}
+        h = create_user(http, "aud", "auditor")
         entries = http.get("/v1/audit/entries", headers=h).json()
         proof = http.get("/v1/audit/proof/4", headers=h).json()
     e = entries[4]
     verify_inclusion(leaf_hash=leaf_hash(entry_bytes(seq=4, at=e["at"], kind=e["kind"], actor=e["actor"],
-                                                     detail=e["detail"])),
+                                                     detail=e["detail"], rows=e["rows"])),
                      index=4, tree_size=proof["tree_size"], proof=[bytes.fromhex(p) for p in proof["proof"]],
                      root=bytes.fromhex(proof["root"]))
 
@@ -183,13 +182,16 @@ def test_truncation_is_caught_against_a_saved_checkpoint(cloud, ledger, tmp_path
 
     from cloud.audit import verify_witness
 
-    saved = ledger.latest_checkpoint()
+    saved = cloud.units.ledgers.latest_checkpoint().model_dump()
     n = saved["tree_size"]
     verify_witness(ledger.sessions, saved)
-    # the newest two entries and their checkpoints removed: the database alone is self-consistent ...
+    # the newest two entries and their checkpoints removed: the log alone is self-consistent (the rows those
+    # entries committed are now unlogged, which the state check names) ...
     with tampered(ledger, delete(Event).where(Event.seq >= n - 2),
                   delete(CheckpointRow).where(CheckpointRow.tree_size >= n - 1)):
-        verify_ledger(ledger.sessions)
+        verify_ledger(ledger.sessions, state=False)
+        with pytest.raises(StateTampered, match="not in the log|the log says"):  # unlogged rows, or later values
+            verify_ledger(ledger.sessions)
         with pytest.raises(LedgerTampered, match="deleted") as info:  # ... but not against the saved checkpoint
             verify_witness(ledger.sessions, saved)
         assert info.value.seq == n - 2

@@ -84,7 +84,7 @@ def test_sealed_server_waits_in_decrypting_until_k_custodians_unseal_it(tmp_path
             health = http.get("/healthz").json()
             assert health["custodian_state"] == "sealed" and health["warning"] is None
             assert http.get("/v1/context").content == custody.load_public(state)
-            nodes = [FakeNode(http, f"gw-{i}") for i in (1, 2)]
+            nodes = [FakeNode(http, f"gw-{i}") for i in (1, 2, 3)]
             for n in nodes:
                 assert n.enroll().status_code == 201
             rid = open_round(http)
@@ -125,7 +125,7 @@ def test_custodian_refuses_a_swapped_aggregate_and_the_refusal_is_audited(tmp_pa
     server = ServerProcess(db_url=db_url, state_dir=state, log=tmp_path / "cloud.log", dev=False)
     try:
         with httpx.Client(base_url=server.url, timeout=60) as http:
-            nodes = [FakeNode(http, f"gw-{i}") for i in (1, 2)]
+            nodes = [FakeNode(http, f"gw-{i}") for i in (1, 2, 3)]
             for n in nodes:
                 assert n.enroll().status_code == 201
             rid = open_round(http)

@@ -64,12 +64,16 @@ def test_shifted_telemetry_raises_one_alert_and_same_distribution_does_not(http:
                                 t_end=(w + 1) * 21600.0)
             assert post(body).json()["kl_nats"] is None
     rid, version = _completed_round(http, nodes, staff["operator"])
-    assert any(e["kind"] == "drift.baseline" and e["detail"]["readings"] == 6000 for e in _kinds(http, staff))
+    assert any(e["kind"] == "drift.baseline" and e["detail"]["readings"] == 9000 for e in _kinds(http, staff))
     same = post(drift_report(nodes[0], glucose(1500, mean=140, seed=7), t_start=86400.0, t_end=108000.0)).json()
     assert same["kl_nats"] is None  # the promoted model (v0) was trained on no reported telemetry yet
     http.post(f"/v1/rounds/{rid}/metrics", json={"metrics": GOOD}, headers=staff["data_scientist"])
     http.post(f"/v1/rounds/{rid}/approve", headers=staff["compliance_officer"])
     assert http.post(f"/v1/rounds/{rid}/promote", headers=staff["admin"]).status_code == 200
+    # the report that waited for a reference is scored at the promotion (the faults replay never scored any: under
+    # load every report arrived before the first promoted model)
+    waited = http.get("/v1/drift", headers=staff["auditor"]).json()["participants"]["gw-1"]
+    assert waited["scored_reports"] == 1 and 0 <= waited["scored_kl_nats"] < 0.1 and waited["alert"] is False
 
     same = post(drift_report(nodes[0], glucose(1500, mean=140, seed=8), t_start=1e5, t_end=1.2e5)).json()
     assert same["alert"] is False and 0 <= same["kl_nats"] < 0.1 and same["reference_version"] == version
@@ -91,6 +95,10 @@ def test_shifted_telemetry_raises_one_alert_and_same_distribution_does_not(http:
     assert status["participants"]["gw-2"]["alert"] is False and status["participants"]["gw-2"]["reports"] == 7
     few = post(drift_report(nodes[0], glucose(50, mean=300, seed=12), t_start=0.0, t_end=1.0)).json()
     assert few["kl_nats"] is None and few["alert"] is False  # below min_readings: stored, not scored
+    gw1 = http.get("/v1/drift", headers=staff["auditor"]).json()["participants"]["gw-1"]
+    # the latest report was not scored; the latest scored one stays readable (the report's "latest KL")
+    assert gw1["kl_nats"] is None and gw1["reports"] == 7 and gw1["scored_reports"] == 2
+    assert gw1["scored_kl_nats"] == pytest.approx(same["kl_nats"], abs=1e-6) and gw1["scored_t_end"] == 1.2e5
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -48,12 +48,14 @@ def test_promotion_needs_evaluation_approval_and_another_person(http: httpx.Clie
     assert_reason(http.post(f"/v1/rounds/{rid}/promote", headers=staff["operator"]), 403, "segregation of duties")
     promoted = http.post(f"/v1/rounds/{rid}/promote", headers=staff["admin"])
     assert promoted.status_code == 200 and promoted.json()["state"] == "promoted"
-    model = http.get("/v1/models/promoted").json()
+    model = http.get("/v1/models/promoted", headers=staff["auditor"]).json()
     assert model["round"] == rid and model["status"] == "promoted" and model["metrics"]["rmse30"] == 20.0
     assert set(model["privacy"]) == {"gw-1", "gw-2", "gw-3"}
+    public = http.get("/v1/models/promoted").json()  # who contributed and what each spent is not public
+    assert public["version"] == model["version"] and public["privacy"] is None and public["participants"] == []
     assert http.get("/v1/models/0").json()["status"] == "retired"
     # the next round trains the promoted model
-    assert http.post("/v1/rounds", json={"quorum": 2, "deadline_s": 30},
+    assert http.post("/v1/rounds", json={"quorum": 3, "deadline_s": 30},
                      headers=staff["operator"]).json()["base_model_version"] == model["version"]
 
 

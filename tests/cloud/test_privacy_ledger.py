@@ -10,6 +10,7 @@ from tests.cloud.participants import (
     ADMIN,
     STEP,
     FakeNode,
+    approve,
     assert_reason,
     create_user,
     open_round,
@@ -45,7 +46,7 @@ def test_dishonest_dp_reports_are_rejected_and_audited(cloud, http: httpx.Client
     assert_reason(a.submit(rid2, dropped), 409, "rounds were dropped")
     honest = a.submission(rid2, random_delta(3), n_samples=10, base_version=0)
     assert a.submit(rid2, honest).status_code == 200
-    rejected = [e for e in cloud.federation.audit_entries(limit=10_000) if e["kind"] == "update.rejected"]
+    rejected = [e for e in cloud.audit_entries() if e["kind"] == "update.rejected"]
     assert len(rejected) == 5 and all(e["detail"]["ciphertext_sha256"] for e in rejected)
     auditor = create_user(http, "aud", "auditor")
     ledger = {p["participant"]: p for p in http.get("/v1/privacy/ledger", headers=auditor).json()}
@@ -58,10 +59,12 @@ def test_dishonest_dp_reports_are_rejected_and_audited(cloud, http: httpx.Client
 def test_cap_refuses_the_update_raises_an_alert_and_excludes_the_participant(http: httpx.Client,
                                                                              nodes: list[FakeNode]) -> None:
     compliance = create_user(http, "carol", "compliance_officer")
+    nodes = [*nodes, FakeNode(http, "gw-4")]  # three must remain once gw-1 is halted
+    assert nodes[-1].enroll().status_code == 201
     one = dp_accounting.epsilon([STEP], accountant="rdp")
     two = dp_accounting.epsilon([STEP, STEP], accountant="rdp")
     cap = (one + two) / 2
-    assert http.put("/v1/participants/gw-1/epsilon-cap", json={"epsilon_cap": cap}, headers=ADMIN).status_code == 200
+    approve(http, http.put("/v1/participants/gw-1/epsilon-cap", json={"epsilon_cap": cap}, headers=ADMIN))
     assert http.put("/v1/participants/gw-1/epsilon-cap", json={"epsilon_cap": -1},
                     headers=compliance).status_code == 422
     assert run_round(http, nodes, seed=0)["state"] == "completed"
@@ -77,20 +80,22 @@ def test_cap_refuses_the_update_raises_an_alert_and_excludes_the_participant(htt
     wait_state(http, rid, ("completed",))
     parts = {p["id"]: p for p in http.get("/v1/participants", headers=compliance).json()}
     assert parts["gw-1"]["halted"] and not parts["gw-2"]["halted"]
-    nxt = http.post("/v1/rounds", json={"quorum": 2, "deadline_s": 30}, headers=ADMIN).json()
-    assert nxt["expected"] == ["gw-2", "gw-3"]  # refused further rounds
+    nxt = http.post("/v1/rounds", json={"quorum": 3, "deadline_s": 30}, headers=ADMIN).json()
+    assert nxt["expected"] == ["gw-2", "gw-3", "gw-4"]  # refused further rounds
     assert_reason(a.submit(nxt["round"], a.submission(nxt["round"], random_delta(7), n_samples=10)),
                   403, "halted")
-    # a compliance officer raising the cap is a configuration change, audited; it un-halts the participant
-    raised = http.put("/v1/participants/gw-1/epsilon-cap", json={"epsilon_cap": 50.0}, headers=compliance)
-    assert raised.json()["halted"] is False
+    # raising the cap is a configuration change (two persons), audited; it un-halts the participant
+    asked = http.put("/v1/participants/gw-1/epsilon-cap", json={"epsilon_cap": 50.0}, headers=compliance)
+    assert_reason(http.post(f"/v1/approvals/{asked.json()['id']}/approve", headers=compliance), 403, "two-person")
+    raised = http.post(f"/v1/approvals/{asked.json()['id']}/approve", headers=ADMIN)
+    assert raised.json()["result"]["halted"] is False
     kinds = [e["kind"] for e in http.get("/v1/audit/entries", headers=compliance).json()]
     assert kinds.count("config.changed") == 2 and "budget.alert" in kinds
 
 
 def test_reaching_the_cap_exactly_halts_with_an_alert(http: httpx.Client, nodes: list[FakeNode]) -> None:
     one = dp_accounting.epsilon([STEP], accountant="rdp")
-    assert http.put("/v1/participants/gw-2/epsilon-cap", json={"epsilon_cap": one}, headers=ADMIN).status_code == 200
+    approve(http, http.put("/v1/participants/gw-2/epsilon-cap", json={"epsilon_cap": one}, headers=ADMIN))
     assert run_round(http, nodes)["state"] == "completed"
     compliance = create_user(http, "carol", "compliance_officer")
     alerts = http.get("/v1/privacy/alerts", headers=compliance).json()

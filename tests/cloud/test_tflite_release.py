@@ -101,11 +101,11 @@ def test_a_restarted_cloud_serves_what_it_signed_and_resumes_an_unsigned_head(cl
 
     signed = wait_tflite(http, serial=1)
     directory = cloud.state_dir / "releases"
-    again = ReleaseArtifacts(cloud.federation, directory)  # a restart: nothing in memory
+    again = ReleaseArtifacts(cloud.units.store, cloud.units.registry, directory)  # a restart: nothing in memory
     assert again.current() == signed  # served from disk, no new export
     # a crash between taking serial 2 and signing it: the restarted cloud takes a new serial and signs that
     (directory / "index.json").write_text('{"serial": 2, "head": {"serial": 2, "version": 0}}')
-    again = ReleaseArtifacts(cloud.federation, directory)
+    again = ReleaseArtifacts(cloud.units.store, cloud.units.registry, directory)
     try:  # queues serial 3; re-signing the cached file may finish before this call returns, or not
         again.current()
     except Conflict as exc:

@@ -69,8 +69,14 @@ def test_warmup_gap_and_payload_header(mosquitto, tmp_path: Path) -> None:  # no
     assert [r.seq for r in readings] == list(range(66))
     assert readings[0].t == DEFAULT_SIM_START + 1800  # nothing during the 30-minute warm-up
     batch = decode_batch(next(p for t, p, _ in got if t.endswith("/readings")))
-    assert (batch.ldp.mechanism, batch.ldp.epsilon, batch.ldp.lo, batch.ldp.hi) == ("hybrid", 8.0, *SENSOR_RANGE)
-    assert _statuses(got, "gw-1", "gw-1-dev001")[-1]["state"] == "done"
+    # the default guarantee: 8 per patient-day, all of it on glucose here (the synthetic trace knows no insulin
+    # or carbs), 288 readings a day
+    assert (batch.ldp.mechanism, batch.ldp.epsilon, batch.ldp.lo, batch.ldp.hi) == ("hybrid", 8.0 / 288,
+                                                                                      *SENSOR_RANGE)
+    assert (batch.privacy.unit, batch.privacy.budget) == ("patient-day", 8.0)
+    last = _statuses(got, "gw-1", "gw-1-dev001")[-1]
+    assert last["state"] == "done" and last["privacy"]["unit"] == "patient-day"
+    assert last["privacy"]["budget_per_day"] == 8.0 and last["privacy"]["epsilon_per_release"] == {"glucose": 8 / 288}
 
 
 def test_sensor_change_makes_a_second_gap(mosquitto, tmp_path: Path) -> None:  # noqa: ANN001
@@ -102,7 +108,7 @@ def test_flat_battery_stops_the_device_with_an_event(mosquitto, tmp_path: Path) 
 
 def test_daily_cap_stops_sending_with_retained_status(mosquitto, tmp_path: Path) -> None:  # noqa: ANN001
     cfg = DeviceConfig(device_id="gw-1-dev003", gateway="gw-1", seed=3, days=1.25, profile=G7, sensor_age_s=86_400,
-                       daily_cap=100 * 8.0)
+                       daily_cap=100 * 8.0, privacy_unit="reading")  # the labelled event-level option
     stats, got = _run(mosquitto, [cfg], tmp_path)
     s = stats["gw-1-dev003"]
     assert s.sampled == 100 + 72 and s.suppressed == 188  # 100 on day 1, then the cap; day 2 starts afresh
@@ -152,7 +158,7 @@ def test_full_buffer_drops_oldest_while_broker_is_away(tmp_path: Path) -> None:
 @pytest.mark.parametrize("mechanism", ["laplace", "duchi", "piecewise", "hybrid"])
 def test_every_mechanism_reaches_the_wire(mosquitto, tmp_path: Path, mechanism: str) -> None:  # noqa: ANN001
     cfg = DeviceConfig(device_id="gw-1-dev005", gateway="gw-1", seed=1, days=0.05, profile=G7, sensor_age_s=3600,
-                       ldp_mechanism=mechanism, ldp_epsilon=1.0, daily_cap=1000.0)
+                       ldp_mechanism=mechanism, ldp_epsilon=1.0, daily_cap=1000.0, privacy_unit="reading")
     _, got = _run(mosquitto, [cfg], tmp_path)
     batches = [decode_batch(p) for t, p, _ in got if t.endswith("/readings")]
     assert batches and all(b.ldp.mechanism == mechanism and b.ldp.epsilon == 1.0 for b in batches)

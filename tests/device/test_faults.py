@@ -26,11 +26,12 @@ from sim.broker import find_mosquitto, free_port, start_mosquitto
 
 def _device_cmd(dev: str, *, port: int, days: float, clock: SimClock, state: Path) -> list[str]:
     return [sys.executable, "-m", "federation.cli", "device", "run", "--device-id", dev, "--gateway", "gw-1",
-            "--broker-port", str(port), "--seed", "5", "--days", str(days), "--accel", str(clock.accel),
+            "--broker-port", str(port), "--privacy-rng", "simulation", "--seed", "5", "--days", str(days),
+            "--accel", str(clock.accel),
             "--sim-start", str(clock.sim_start), "--wall-start", str(clock.wall_start), "--state-dir", str(state),
             "--sensor-age", "86400", "--status-file", str(state / "status.json"),
             # each kill forfeits up to a block of budget reserved ahead; room for three kills in one day
-            "--daily-cap", str(8.0 * (288 + 3 * 12))]
+            "--privacy-unit", "reading", "--ldp-epsilon", "8", "--daily-cap", str(8.0 * (288 + 3 * 12))]
 
 
 def _scenario(tmp_path: Path, *, devices: int, days: float, accel: float, kills: list[float],

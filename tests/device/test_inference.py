@@ -10,8 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from device.inference import HYPER_MGDL, HYPO_MGDL, AlertMonitor, assess
+from federation.features import FEATURE_NAMES
 from federation.litert import TFLiteForecaster
+from federation.model import HISTORY_STEPS, N_INPUTS
 from federation.release import Calibration
+from federation.series import PatientSeries
 from tests.device.releases import CALIBRATION, TFLITE
 
 CAL = Calibration((0.0, 0.0), (10.0, 20.0), 500)
@@ -62,17 +65,58 @@ def test_the_window_needs_24_contiguous_grid_readings() -> None:
     assert not any(mon.add_reading(t0 + 300 * k, 100.0) for k in range(23))
     assert mon.add_reading(t0 + 300 * 23, 100.0)
     assert not mon.add_reading(t0 + 300 * 23 + 60, 101.0)  # off-grid (a 1-min sensor): skipped
-    assert mon.add_reading(t0 + 300 * 24, 99.0) and mon.window()[-1] == 99.0
+    assert mon.add_reading(t0 + 300 * 24, 99.0) and mon.window()[HISTORY_STEPS - 1] == 99.0
     assert not mon.add_reading(t0 + 300 * 30, 98.0)  # a gap (warm-up, lost readings): the window starts over
     with pytest.raises(ValueError):
         AlertMonitor(threshold=0.0)
 
 
+def test_the_window_carries_the_devices_own_insulin_and_carbs_as_the_gateway_computes_them() -> None:
+    mon = AlertMonitor()
+    t0 = 1_767_225_600
+    mon.add_carbs(t0 - 1800, 60.0)
+    mon.add_insulin(t0 - 1800, 5.0)
+    mon.add_insulin(t0 - 40 * 86400, 9.0)  # far outside the history a device keeps: dropped
+    values = 120.0 + 50 * np.sin(np.arange(24) / 3.0)
+    for k in range(24):
+        mon.add_reading(t0 + 300 * k, float(values[k]))
+    x = mon.window()
+    assert x.shape == (N_INPUTS,) and x.dtype == np.float32
+    series = PatientSeries(times=t0 + 300 * np.arange(24), glucose=values,
+                           insulin_times=np.array([t0 - 1800]), insulin_units=np.array([5.0]),
+                           carb_times=np.array([t0 - 1800]), carb_grams=np.array([60.0]))
+    gateway_x, _ = make_windows_from(series)
+    np.testing.assert_allclose(x, gateway_x, rtol=1e-6)
+    cob = HISTORY_STEPS + FEATURE_NAMES.index("cob_g")
+    assert 0 < x[cob] < 60.0 and x[HISTORY_STEPS + FEATURE_NAMES.index("events_known")] == 1.0
+    assert x[HISTORY_STEPS + FEATURE_NAMES.index("glucose_mean24h_mgdl")] == pytest.approx(values.mean(), rel=1e-5)
+    with pytest.raises(ValueError):
+        mon.add_insulin(t0, -1.0)
+
+
+def make_windows_from(series: PatientSeries) -> tuple[np.ndarray, np.ndarray]:
+    """The gateway's input for the window ending at the series' last reading (its targets are not needed)."""
+    from federation.features import grid_features
+    from federation.windows import series_events
+
+    first = int(series.times[0]) // 300
+    n = int(series.times[-1]) // 300 - first + 1
+    grid = np.full(n, np.nan)
+    grid[np.asarray(series.times) // 300 - first] = series.glucose
+    feats = grid_features(series_events(series), first_bin=first, n_bins=n, glucose=grid)[-1]
+    return np.concatenate([series.glucose[-HISTORY_STEPS:], feats]).astype(np.float32), feats
+
+
 def test_litert_forecasts_of_a_fast_fall_raise_a_hypo_alert() -> None:
     lite, cal = TFLiteForecaster(TFLITE), Calibration.from_doc(CALIBRATION)
     mon = AlertMonitor(threshold=0.8)
-    # flat, then -6 mg/dL per 5 min down to the sensor floor: review flags first, then alerts (one event each)
+    # a pump's basal, a 3 U bolus and a small snack, then -6 mg/dL per 5 min from 180 down to the sensor floor:
+    # review flags first, then alerts (one event each)
     t0, values = 1_700_000_000, [max(40.0, 180.0 - 6 * max(0, k - 10)) for k in range(36)]
+    for k in range(-30, 36):
+        mon.add_insulin(t0 + 300 * k, 0.1)
+    mon.add_insulin(t0 + 300 * 5, 3.0)
+    mon.add_carbs(t0 + 300 * 5, 10.0)
     kinds = []
     for k, v in enumerate(values):
         if mon.add_reading(t0 + 300 * k, v):

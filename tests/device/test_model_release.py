@@ -31,7 +31,7 @@ def refused(data: bytes, *, key: str | None = PUB, max_bytes: int = MAX_BYTES, c
 def test_a_signed_release_loads_and_runs_the_same_forecasts_as_numpy() -> None:
     loaded = check_release(payload(release_doc(KEY, serial=2)), public_key=PUB, max_bytes=MAX_BYTES)
     assert (loaded.version, loaded.serial) == (2, 2)
-    x = np.linspace(180, 90, 24)
+    x = np.concatenate([np.linspace(180, 90, model.HISTORY_STEPS), model.INPUT_SCALE[model.HISTORY_STEPS:] * 0.7])
     got = loaded.forecaster.predict_one(x)
     assert np.max(np.abs(got - model.predict(WEIGHTS, x[None, :])[0])) < 0.1
     assert loaded.calibration.residual_sd_mgdl[0] > 0

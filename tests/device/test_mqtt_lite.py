@@ -135,7 +135,7 @@ def test_remaining_length_round_trips_at_varint_boundaries(size: int) -> None:
             self.packets.append((kind, flags, body))
 
     sink = Sink()
-    proto = _Protocol(sink)  # type: ignore[arg-type]
+    proto = _Protocol(sink, max_packet=4_000_000)  # type: ignore[arg-type]
     raw = _packet(3, 2, b"\xab" * size) + _packet(13, 0, b"")
     for k in range(0, len(raw), 4096):  # arrives in pieces, as over TCP
         proto.data_received(raw[k:k + 4096])

@@ -181,7 +181,7 @@ def test_crash_mid_write_keeps_previous_state(
     elif failing == "fsync":
         monkeypatch.setattr(os, "fsync", boom)
     else:
-        monkeypatch.setattr(json, "dump", boom)
+        monkeypatch.setattr(json, "dumps", boom)
     with pytest.raises(OSError, match="simulated crash"):
         odo.spend(DAY1)
     monkeypatch.undo()

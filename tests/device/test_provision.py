@@ -10,7 +10,15 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from device.provision import device_ids, gateway_username, mosquitto_hash, provision, verify_mosquitto_hash
+from device.provision import (
+    device_ids,
+    gateway_username,
+    load_credentials,
+    mosquitto_hash,
+    provision,
+    relay_username,
+    verify_mosquitto_hash,
+)
 from federation.cli import main
 from federation.telemetry import readings_topic
 from sim.broker import find_mosquitto, free_port, start_mosquitto, wait_for_port
@@ -81,8 +89,15 @@ def test_files_written_with_private_modes(secured) -> None:  # noqa: ANN001
     acl = (out / "acl").read_text()
     assert "user gw-1-dev001\ntopic write wearfed/v1/gw-1/gw-1-dev001/#\ntopic read wearfed/v1/gw-1/model" in acl
     passwd = (out / "passwd").read_text().splitlines()
-    assert len(passwd) == 6 and all(":$7$101$" in line for line in passwd)
+    assert len(passwd) == 8 and all(":$7$101$" in line for line in passwd)  # 2 gateways x (2 devices, ingest, relay)
+    assert ("user gateway-gw-1\ntopic read wearfed/v1/gw-1/+/readings\ntopic read wearfed/v1/gw-1/+/status\n"
+            "topic read wearfed/v1/gw-1/+/consent\n\nuser gateway-gw-1-relay\n"
+            "topic readwrite wearfed/v1/gw-1/model\n") in acl
     assert (out / "clients" / "gw-1-dev001.crt").exists()
+    creds = load_credentials(out / "credentials.json")  # consent keys: private half to the device, public to its gw
+    keys = (out / "consent-keys-gw-1.txt").read_text()
+    assert f"gw-1-dev001 {creds['gw-1-dev001']['consent_public_key']}\n" in keys and "gw-2" not in keys
+    assert creds["gw-1-dev001"]["consent_key"] not in keys
 
 
 def test_device_publishes_only_under_its_own_topic(secured) -> None:  # noqa: ANN001
@@ -108,7 +123,7 @@ def test_device_cannot_read_other_devices(secured) -> None:  # noqa: ANN001
             async with aiomqtt.Client(broker.host, broker.port, identifier=b["username"], username=b["username"],
                                       password=b["password"]) as dev:
                 await dev.publish(readings_topic("gw-1", "gw-1-dev002"), b"private", qos=1)
-            g = creds[gateway_username("gw-1")]
+            g = creds[relay_username("gw-1")]
             async with aiomqtt.Client(broker.host, broker.port, identifier=g["username"], username=g["username"],
                                       password=g["password"]) as gwc:
                 await gwc.publish("wearfed/v1/gw-1/model", b"model", qos=1)

@@ -11,10 +11,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
-from device.model_client import ModelRefused, check_release, model_topic
+from device.model_client import ModelRefused, check_release
 from device.profiles import load_profile
 from device.tamper import publish_payload, tamper
 from federation.signing import public_key_b64
+from federation.telemetry import model_topic
 from tests.device.releases import payload, release_doc
 
 KEY = Ed25519PrivateKey.generate()

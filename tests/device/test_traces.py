@@ -31,3 +31,15 @@ def test_malformed_trace_file(tmp_path: Path) -> None:
         load_trace(bad, "a", start=0, days=1)
     with pytest.raises(DeviceError):
         load_trace(tmp_path / "missing.npz", "a", start=0, days=1)
+
+
+def test_a_rewritten_trace_file_is_read_afresh(tmp_path: Path) -> None:
+    """The reader caches parsed files; a file written again (a re-import with --force) must not be served stale."""
+    path = tmp_path / "t.npz"
+    write_traces(path, ["d1"], np.array([0, 300]), np.array([[100.0, 110.0]]))
+    assert load_trace(path, "d1", start=0, days=1)[1].tolist() == [100.0, 110.0]
+    write_traces(path, ["d1"], np.array([0, 300, 600]), np.array([[90.0, 95.0, 99.0]]))
+    assert load_trace(path, "d1", start=0, days=1)[1].tolist() == [90.0, 95.0, 99.0]
+    path.unlink()
+    with pytest.raises(DeviceError, match="t.npz"):
+        load_trace(path, "d1", start=0, days=1)

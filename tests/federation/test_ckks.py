@@ -5,6 +5,8 @@ from __future__ import annotations
 import cbor2
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from federation import ckks, model
 
@@ -88,3 +90,75 @@ def test_regression_large_sample_counts_do_not_overflow(contexts) -> None:  # no
     assert np.max(np.abs(mean - want)) < 1e-4
     with pytest.raises(ckks.CKKSError, match="exceeds"):
         ckks.encrypt(public, deltas[0] * counts[0])  # the unscaled update is what used to be sent
+
+
+# -- residues: the integer encoding secure aggregation uses (THE BOUND in federation/ckks.py) -------------------
+def test_the_proved_bound_is_below_one_half() -> None:
+    assert ckks.FRESH_NOISE_BOUND < 2049.5 + 1e-6
+    assert ckks.DECODE_ERROR_BOUND < 0.2512 < 0.5
+    # capacity: 64 summands of limbs < 2^20 at scale 2^31, plus noise, stay below q0 / 2 >= 2^58
+    top = ckks.MAX_SUMMANDS * ((2**ckks.GLOBAL_SCALE_BITS) * (2**ckks.LIMB_BITS) + 0.5 + ckks.FRESH_NOISE_BOUND)
+    assert top < 2 ** (ckks.COEFF_MOD_BIT_SIZES[0] - 2)
+
+
+def _slot_error(secret, blob: bytes) -> float:  # noqa: ANN001
+    import tenseal as ts
+
+    parts = cbor2.loads(blob)["ct"]
+    values = np.concatenate([np.asarray(ts.ckks_vector_from(secret, p).decrypt()) for p in parts])
+    return float(np.max(np.abs(values - np.rint(values))))
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pattern=st.sampled_from(["max", "min", "alternating", "random"]), distinct=st.integers(1, 3),
+       seed=st.integers(0, 2**32 - 1))
+def test_sum_of_64_full_size_residue_updates_decrypts_exactly(contexts, pattern: str, distinct: int,  # noqa: ANN001
+                                                               seed: int) -> None:
+    """The largest supported round (MAX_SUMMANDS updates of N_PARAMS residues) at the extremes of [0, M):
+    rounding the decrypted limbs gives the exact sum modulo M; the error stays far inside the proved bound."""
+    secret, public = contexts
+    rng = np.random.default_rng(seed)
+    top = ckks.RESIDUE_MODULUS - 1
+    base = {"max": np.full(model.N_PARAMS, top), "min": np.zeros(model.N_PARAMS, dtype=np.int64),
+            "alternating": np.where(np.arange(model.N_PARAMS) % 2 == 0, top, 0),
+            "random": rng.integers(0, ckks.RESIDUE_MODULUS, model.N_PARAMS)}[pattern]
+    residues = [base] + [rng.integers(0, ckks.RESIDUE_MODULUS, model.N_PARAMS) for _ in range(distinct - 1)]
+    blobs = [ckks.encrypt_residues(public, r) for r in residues]
+    # the same ciphertext repeated adds its noise coherently: the worst case for the bound
+    summands = [blobs[i % distinct] for i in range(ckks.MAX_SUMMANDS)]
+    summed = ckks.sum_encrypted(public, summands)
+    want = ckks.sum_residues_plain([residues[i % distinct] for i in range(ckks.MAX_SUMMANDS)])
+    got = ckks.decrypt(secret, summed)
+    assert got.dtype == np.int64 and got.shape == (model.N_PARAMS,)
+    np.testing.assert_array_equal(got, want)
+    assert _slot_error(secret, summed) < ckks.DECODE_ERROR_BOUND / 100
+
+
+def test_residue_blobs_are_checked_and_not_mixed_with_floats(contexts) -> None:  # noqa: ANN001
+    secret, public = contexts
+    blob = ckks.encrypt_residues(public, np.arange(ckks.SLOTS + 5))
+    assert len(cbor2.loads(blob)["ct"]) == 3  # 2 x 2053 limbs over 2048-slot ciphertexts
+    assert ckks.check(public, blob, encoding=ckks.RESIDUES) == ckks.SLOTS + 5
+    with pytest.raises(ckks.CKKSError, match="encoding"):
+        ckks.check(public, blob, encoding=ckks.FLOATS)
+    with pytest.raises(ckks.CKKSError, match="encoding mismatch"):
+        ckks.sum_encrypted(public, [blob, ckks.encrypt(public, np.ones(ckks.SLOTS + 5))])
+    for bad in (np.array([-1]), np.array([ckks.RESIDUE_MODULUS]), np.array([0.5])):
+        with pytest.raises(ckks.CKKSError):
+            ckks.encrypt_residues(public, bad)
+    np.testing.assert_array_equal(ckks.decrypt(secret, blob), np.arange(ckks.SLOTS + 5))
+
+
+def test_a_residue_blob_that_is_not_near_integers_is_refused(contexts) -> None:  # noqa: ANN001
+    """Limbs off by 0.4 (a forged, noisy summand) violate the bound: decryption refuses rather than guess."""
+    secret, public = contexts
+    forged = ckks._pack(public, np.full(2 * 10, 3.4), 10, ckks.RESIDUES)
+    with pytest.raises(ckks.CKKSError, match="from an integer"):
+        ckks.decrypt(secret, forged)
+
+
+def test_more_summands_than_proved_are_refused(contexts) -> None:  # noqa: ANN001
+    _secret, public = contexts
+    blob = ckks.encrypt_residues(public, np.ones(3, dtype=np.int64))
+    with pytest.raises(ckks.CKKSError, match="at most 64"):
+        ckks.sum_encrypted(public, [blob] * (ckks.MAX_SUMMANDS + 1))

@@ -45,3 +45,22 @@ def test_every_tier_offers_its_commands() -> None:
     text = build_parser().format_help()
     for command in ("device", "fleet", "gateway", "hospital", "cloud", "demo"):
         assert command in text
+
+
+def test_a_flag_given_with_its_default_value_still_beats_the_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text("broker-port = 2883\n")
+    given = parse(["gateway", "run", "--id", "gw-7", "--state-dir", str(tmp_path), "--config", str(cfg),
+                   "--broker-port", "1883"])  # 1883 is the flag's default: before, the file won
+    assert given.broker_port == 1883
+    left_out = parse(["gateway", "run", "--id", "gw-7", "--state-dir", str(tmp_path), "--config", str(cfg)])
+    assert left_out.broker_port == 2883
+    plain = parse(["gateway", "run", "--id", "gw-7", "--state-dir", str(tmp_path)])
+    assert plain.broker_port == 1883 and plain.config is None
+
+
+def test_a_config_value_of_the_wrong_type_names_the_setting(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text('broker-port = "not a port"\n')
+    with pytest.raises(ConfigError, match="broker-port"):
+        parse(["gateway", "run", "--id", "gw-7", "--state-dir", str(tmp_path), "--config", str(cfg)])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from federation import dp_accounting
@@ -54,3 +56,33 @@ def test_merging_repeated_rounds_gives_opacus_unmerged_value(accountant: str) ->
     expected = reference.get_epsilon(delta=1e-5)
     assert dp_accounting.epsilon(history, accountant=accountant) == pytest.approx(expected, rel=1e-6)
     assert dp_accounting.epsilon(list(reversed(history)), accountant=accountant) == pytest.approx(expected, rel=1e-6)
+
+
+def analytic_gaussian_epsilon(mu: float, delta: float) -> float:
+    """Exact epsilon of a Gaussian mechanism with mu = sensitivity / sigma (Balle and Wang 2018, Theorem 8):
+    delta(eps) = Phi(-eps / mu + mu / 2) - e^eps Phi(-eps / mu - mu / 2), solved for eps."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    return brentq(lambda e: norm.cdf(-e / mu + mu / 2) - math.exp(e) * norm.cdf(-e / mu - mu / 2) - delta, 1e-6, 100)
+
+
+def test_user_level_full_batch_matches_the_exact_gaussian_mechanism() -> None:
+    """A node whose expected patients per step exceed its patients samples every patient (q = 1): T steps of
+    noise sigma on a per-patient sensitivity C compose to one Gaussian mechanism with mu = sqrt(T) / sigma, whose
+    epsilon per patient is known exactly (here 9.9973 at delta 1e-5). PRV must match it; RDP may only exceed it."""
+    from gateway.trainer import DPConfig, plan_steps
+
+    q, steps = plan_steps(40, cfg=DPConfig(expected_batch_size=64, unit="patient"), epochs=16)
+    assert (q, steps) == (1.0, 16)
+    exact = analytic_gaussian_epsilon(math.sqrt(steps) / 2.0, 1e-5)
+    assert exact == pytest.approx(9.99726, abs=1e-4)
+    assert dp_accounting.epsilon([(2.0, q, steps)], accountant="prv") == pytest.approx(exact, abs=0.02)
+    assert exact < dp_accounting.epsilon([(2.0, q, steps)], accountant="rdp") < 1.1 * exact
+
+
+@pytest.mark.parametrize("accountant, pinned", [("prv", 12.719904477986383), ("rdp", 13.826206011476339)])
+def test_pinned_patient_level_plan(accountant: str, pinned: float) -> None:
+    # Regression pin of a node of 3,000 patients, 256 expected per step, sigma 1.1, 5 rounds of 118 steps (Opacus 1.6)
+    history = [(1.1, 256 / 3000, 118)] * 5
+    assert dp_accounting.epsilon(history, accountant=accountant) == pytest.approx(pinned, rel=1e-6)

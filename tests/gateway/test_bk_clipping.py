@@ -17,6 +17,7 @@ from federation import model
 from federation.errors import ConfigError
 from gateway.bk_clipping import BKModule
 from gateway.trainer import DPConfig, make_private, record_empty_batch, train_dp
+from tests.gateway.inputs import sim, with_features
 
 C = 0.7
 RTOL = 1e-5  # float32: the brief's bar for "equal"
@@ -25,11 +26,11 @@ RTOL = 1e-5  # float32: the brief's bar for "equal"
 def windows(n: int, seed: int = 0, *, outlier: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     rng = np.random.default_rng(seed)
     base = rng.uniform(60, 300, size=(n, 1))
-    x = base + rng.normal(0, 8, size=(n, model.HISTORY_STEPS))
+    x = with_features(base + rng.normal(0, 8, size=(n, model.HISTORY_STEPS)), rng)
     y = base + rng.normal(0, 40, size=(n, 2))
     if outlier:
         y[0] = 1e6
-    return torch.from_numpy(model.normalise(x)), torch.from_numpy(model.normalise(y))
+    return torch.from_numpy(model.normalise_inputs(x)), torch.from_numpy(model.normalise(y))
 
 
 def per_record_norms(weights: np.ndarray, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -47,7 +48,7 @@ def clipped_sum(weights: np.ndarray, x: torch.Tensor, y: torch.Tensor, *, per_sa
     """The gateway's clipped, summed gradient (before noise) on batch (x, y); an empty x is an empty batch."""
     net = model.to_torch(weights)
     cfg = DPConfig(max_grad_norm=clip, per_sample=per_sample)
-    wrapped, opt = make_private(net, torch.optim.SGD(net.parameters(), lr=0.0), cfg=cfg, n_samples=1000)
+    wrapped, opt = make_private(net, torch.optim.SGD(net.parameters(), lr=0.0), cfg=cfg, n_samples=1000, rng=sim())
     opt.zero_grad(set_to_none=True)
     if len(x):
         nn.functional.mse_loss(wrapped(x), y).backward()
@@ -121,7 +122,7 @@ def test_bk_matches_opacus_on_many_random_batches() -> None:
 def noisy_step(per_sample: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     net = model.to_torch(model.init_weights(seed=13))
     cfg = DPConfig(noise_multiplier=1.3, max_grad_norm=C, per_sample=per_sample)
-    wrapped, opt = make_private(net, torch.optim.SGD(net.parameters(), lr=0.0), cfg=cfg, n_samples=500)
+    wrapped, opt = make_private(net, torch.optim.SGD(net.parameters(), lr=0.0), cfg=cfg, n_samples=500, rng=sim())
     torch.manual_seed(7)
     opt.zero_grad(set_to_none=True)
     if len(x):
@@ -143,10 +144,11 @@ def test_noise_and_scaling_are_the_opacus_paths(n: int) -> None:
 
 def test_train_dp_gives_the_same_model_with_bk_and_opacus() -> None:
     rng = np.random.default_rng(1)
-    x = rng.uniform(80, 250, size=(300, model.HISTORY_STEPS))
-    y = x[:, -2:] + rng.normal(0, 30, size=(300, 2))
+    x = with_features(rng.uniform(80, 250, size=(300, model.HISTORY_STEPS)), rng)
+    y = x[:, 22:24] + rng.normal(0, 30, size=(300, 2))
     w0 = model.init_weights(seed=0)
-    bk, op = (train_dp(w0, x, y, cfg=DPConfig(expected_batch_size=20, per_sample=m), epochs=2, seed=3)
+    bk, op = (train_dp(w0, x, y, cfg=DPConfig(unit="window", expected_batch_size=20, per_sample=m), epochs=2,
+                       rng=sim(3))
               for m in ("bk", "opacus"))
     assert (bk.steps, bk.sample_rate) == (op.steps, op.sample_rate)
     np.testing.assert_allclose(bk.weights, op.weights, rtol=1e-4, atol=1e-5)
@@ -164,7 +166,8 @@ def test_default_is_bk_and_one_outlier_moves_the_sum_by_at_most_c() -> None:
 def test_backward_leaves_no_unclipped_gradient_behind() -> None:
     """Autograd never forms the non-private batch gradient: p.grad is unset until the DP step writes it."""
     net = model.to_torch(model.init_weights(seed=0))
-    wrapped, opt = make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), cfg=DPConfig(), n_samples=100)
+    wrapped, opt = make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), cfg=DPConfig(), n_samples=100,
+                                rng=sim())
     x, y = windows(10)
     opt.zero_grad(set_to_none=True)
     nn.functional.mse_loss(wrapped(x), y).backward()
@@ -175,7 +178,8 @@ def test_backward_leaves_no_unclipped_gradient_behind() -> None:
 
 def test_reusing_or_accumulating_batches_is_refused() -> None:
     net = model.to_torch(model.init_weights(seed=0))
-    wrapped, opt = make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), cfg=DPConfig(), n_samples=100)
+    wrapped, opt = make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), cfg=DPConfig(), n_samples=100,
+                                rng=sim())
     x, y = windows(10)
     with pytest.raises(ValueError, match="zero_grad"):  # a step before any batch
         opt.step()
@@ -280,14 +284,15 @@ def test_bad_configuration_is_refused() -> None:
         DPConfig(per_sample="ghost")
     net = model.to_torch(model.init_weights(seed=0))
     with pytest.raises(ValueError, match="per_sample"):
-        make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), cfg=DPConfig(), n_samples=10, per_sample="x")
+        make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), cfg=DPConfig(), n_samples=10, per_sample="x",
+                     rng=sim())
     reordered = list(net.parameters())[::-1]
     with pytest.raises(ValueError, match="module order"):
-        make_private(net, torch.optim.SGD(reordered, lr=0.1), cfg=DPConfig(), n_samples=10)
+        make_private(net, torch.optim.SGD(reordered, lr=0.1), cfg=DPConfig(), n_samples=10, rng=sim())
     fresh = model.to_torch(model.init_weights(seed=0))
-    make_private(fresh, torch.optim.SGD(fresh.parameters(), lr=0.1), cfg=DPConfig(), n_samples=10)
+    make_private(fresh, torch.optim.SGD(fresh.parameters(), lr=0.1), cfg=DPConfig(), n_samples=10, rng=sim())
     with pytest.raises(ValueError, match="already wrapped"):
-        make_private(fresh, torch.optim.SGD(fresh.parameters(), lr=0.1), cfg=DPConfig(), n_samples=10)
+        make_private(fresh, torch.optim.SGD(fresh.parameters(), lr=0.1), cfg=DPConfig(), n_samples=10, rng=sim())
 
 
 def test_frozen_layers_are_left_out_of_the_norm() -> None:

@@ -12,15 +12,18 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from gateway.dp_sampling import PoissonSampler
+from federation.privacy_rng import PrivacyRNG
+from gateway.dp_sampling import PoissonSampler, distinct_uniform
+from tests.gateway.inputs import sim
 
 N, Q, DRAWS = 40, 0.1, 20_000
 
 
-@pytest.fixture(scope="module")
-def inclusion() -> np.ndarray:
-    """DRAWS x N boolean matrix: record j in batch t."""
-    sampler = PoissonSampler(N, sample_rate=Q, steps=DRAWS, seed=11)
+@pytest.fixture(scope="module", params=["simulation", "secure"])
+def inclusion(request: pytest.FixtureRequest) -> np.ndarray:
+    """DRAWS x N boolean matrix: record j in batch t (from the seeded simulation stream and from the OS CSPRNG)."""
+    rng = PrivacyRNG.simulation(11) if request.param == "simulation" else PrivacyRNG.secure()
+    sampler = PoissonSampler(N, sample_rate=Q, steps=DRAWS, rng=rng)
     out = np.zeros((DRAWS, N), dtype=bool)
     for t, idx in enumerate(sampler):
         assert len(np.unique(idx)) == len(idx), "a record drawn twice into one batch"
@@ -60,7 +63,7 @@ def test_records_are_included_independently_of_each_other(inclusion: np.ndarray)
 
 
 def test_exactly_the_planned_steps_including_empty_batches() -> None:
-    sampler = PoissonSampler(10, sample_rate=0.05, steps=500, seed=3)
+    sampler = PoissonSampler(10, sample_rate=0.05, steps=500, rng=sim(3))
     batches = list(sampler)
     assert len(batches) == len(sampler) == 500
     empty = sum(len(b) == 0 for b in batches)
@@ -70,27 +73,51 @@ def test_exactly_the_planned_steps_including_empty_batches() -> None:
 
 
 def test_rate_one_takes_every_record_every_step() -> None:
-    for idx in PoissonSampler(7, sample_rate=1.0, steps=5, seed=0):
+    for idx in PoissonSampler(7, sample_rate=1.0, steps=5, rng=sim()):
         assert sorted(idx.tolist()) == list(range(7))
+
+
+def test_dense_rates_take_the_bernoulli_path_with_the_same_law() -> None:
+    sizes = np.array([len(b) for b in PoissonSampler(50, sample_rate=0.8, steps=4000, rng=PrivacyRNG.secure())])
+    assert abs(sizes.mean() - 40) < 5 * math.sqrt(50 * 0.8 * 0.2 / 4000)
+    assert abs(sizes.var(ddof=1) - 8.0) < 5 * 8.0 * math.sqrt(2 / 4000)
+
+
+def test_distinct_uniform_draws_every_subset_position_equally() -> None:
+    rng = PrivacyRNG.secure()
+    counts = np.zeros((3, 10))
+    for _ in range(6000):
+        d = distinct_uniform(rng, 10, 3)
+        assert len(set(d.tolist())) == 3
+        counts[np.arange(3), d] += 1
+    assert np.all(np.abs(counts - 600) < 5 * math.sqrt(6000 * 0.1 * 0.9)), counts
+    assert sorted(distinct_uniform(rng, 10, 10).tolist()) == list(range(10))
+    with pytest.raises(ValueError):
+        distinct_uniform(rng, 3, 4)
+
+
+def test_a_seed_is_not_a_privacy_rng() -> None:
+    with pytest.raises(TypeError, match="PrivacyRNG"):
+        PoissonSampler(10, sample_rate=0.1, steps=1, rng=5)  # type: ignore[arg-type]
 
 
 def test_deterministic_by_seed_fresh_across_epochs_and_seeds() -> None:
     def run(seed: int) -> list[list[int]]:
-        return [b.tolist() for b in PoissonSampler(100, sample_rate=0.2, steps=20, seed=seed)]
+        return [b.tolist() for b in PoissonSampler(100, sample_rate=0.2, steps=20, rng=sim(seed))]
 
     assert run(5) == run(5)
     assert run(5) != run(6)
-    again = PoissonSampler(100, sample_rate=0.2, steps=20, seed=5)
+    again = PoissonSampler(100, sample_rate=0.2, steps=20, rng=sim(5))
     first, second = [b.tolist() for b in again], [b.tolist() for b in again]
     assert first == run(5) and second != first
 
 
 def test_scales_to_large_datasets_without_touching_every_record() -> None:
     """O(batch) per step: a million records at q = 64 / 1e6 draws batches of about 64."""
-    sampler = PoissonSampler(1_000_000, sample_rate=64 / 1_000_000, steps=200, seed=1)
+    sampler = PoissonSampler(1_000_000, sample_rate=64 / 1_000_000, steps=200, rng=sim(1))
     sizes = np.array([len(b) for b in sampler])
     assert abs(sizes.mean() - 64) < 5 * math.sqrt(64 / 200)
-    assert max(max(b) for b in PoissonSampler(1_000_000, sample_rate=0.5, steps=1, seed=2)) < 1_000_000
+    assert max(max(b) for b in PoissonSampler(1_000_000, sample_rate=0.5, steps=1, rng=sim(2))) < 1_000_000
 
 
 @pytest.mark.parametrize(("n", "q", "steps"), [
@@ -100,4 +127,4 @@ def test_scales_to_large_datasets_without_touching_every_record() -> None:
 ])
 def test_bad_parameters_are_refused(n: object, q: float, steps: object) -> None:
     with pytest.raises(ValueError):
-        PoissonSampler(n, sample_rate=q, steps=steps, seed=0)  # type: ignore[arg-type]
+        PoissonSampler(n, sample_rate=q, steps=steps, rng=sim())  # type: ignore[arg-type]

@@ -13,6 +13,8 @@ import pytest
 from device.sensor import synthetic_trace
 from federation.clock import DEFAULT_SIM_START
 from federation.errors import SchemaError
+from federation.request_auth import ParticipantAuth
+from federation.responses import PublicRound
 from federation.telemetry import LDPHeader, Reading, ReadingBatch
 from federation.windows import windows_from_series
 from gateway.cloud_client import CloudClient
@@ -39,7 +41,7 @@ def fill(store: ReadingStore, *, start_h: float, hours: float, mean: float, devi
         values = rng.normal(mean, 40, times.size)
         readings = tuple(Reading(seq=int((t - DEFAULT_SIM_START) // 300), t=int(t), value=float(v))
                          for t, v in zip(times, values, strict=True))
-        store.add_batch(ReadingBatch(device=f"gw-1-dev{d:03d}", ldp=LDPHeader("hybrid", 8.0, 40.0, 400.0),
+        store.add_batch(ReadingBatch(epoch=1, device=f"gw-1-dev{d:03d}", ldp=LDPHeader("hybrid", 8.0, 40.0, 400.0),
                                      readings=readings))
 
 
@@ -112,17 +114,18 @@ def test_hospital_scores_each_candidate_once_and_posts_only_metrics(cloud, http:
     x, y = windows_from_series(_series(2).values())
     staff, nodes = _staff(http), _nodes(http)
     _, version = _completed_round(http, nodes, staff["operator"])
-    view = http.get("/v1/rounds/current").json()
+    view = PublicRound.model_validate(http.get("/v1/rounds/current").json())
     evaluator = FederatedEvaluator("gw-1", nodes[0].key, x, y, tmp_path)
 
-    async def run(rnd: dict, who: FederatedEvaluator = evaluator) -> None:
-        client = CloudClient(cloud.url, attempts=2)
+    async def run(rnd: PublicRound, who: FederatedEvaluator = evaluator) -> None:
+        client = CloudClient(cloud.url, attempts=2, auth=ParticipantAuth(who.key, who.participant_id))
         try:
             await who(rnd, client)
         finally:
             await client.aclose()
 
-    asyncio.run(run({**view, "state": "collecting", "result_model_version": None}))  # nothing to score yet
+    collecting = view.model_copy(update={"state": "collecting", "result_model_version": None})
+    asyncio.run(run(collecting))  # nothing to score yet
     assert evaluator.done == {}
     asyncio.run(run(view))
     assert evaluator.done == {str(version): "posted"}

@@ -12,12 +12,13 @@ from federation.telemetry import LDPHeader, Reading, ReadingBatch, encode_batch,
 from gateway.ingest import ingest_forever
 from gateway.store import ReadingStore
 
+EVENT = {"u": "reading"}  # the privacy declaration of an event-level device
 HEADER = LDPHeader(mechanism="laplace", epsilon=8.0, lo=40.0, hi=400.0)
 
 
 def batch(device: str, seqs: range) -> bytes:
     readings = tuple(Reading(seq=s, t=1_767_225_600 + 300 * s, value=120.0 + s) for s in seqs)
-    return encode_batch(ReadingBatch(device=device, ldp=HEADER, readings=readings))
+    return encode_batch(ReadingBatch(epoch=1, device=device, ldp=HEADER, readings=readings))
 
 
 async def start_ingest(store: ReadingStore, broker) -> asyncio.Task:  # noqa: ANN001
@@ -48,10 +49,11 @@ def test_ingest_stores_dedups_and_quarantines(mosquitto, tmp_path: Path) -> None
             await dev.publish(topic, b"\xff\x00 not cbor", qos=1)
             await dev.publish(topic, cbor2.dumps({"v": 99}), qos=1)
             await dev.publish(topic, batch("gw-1-dev002", range(0, 2)), qos=1)  # device spoofing another's id
-            bad_value = cbor2.dumps({"v": 1, "dev": "gw-1-dev001", "ldp": {"m": "laplace", "eps": 8, "lo": 40,
-                                     "hi": 400}, "r": [[99, 1_767_225_600, float("nan")]]})
+            bad_value = cbor2.dumps({"v": 2, "dev": "gw-1-dev001", "e": 1, "p": EVENT,
+                                     "ldp": {"m": "laplace", "eps": 8, "lo": 40, "hi": 400},
+                                     "r": [[99, 1_767_225_600, float("nan")]]})
             await dev.publish(topic, bad_value, qos=1)
-            no_ldp = cbor2.dumps({"v": 1, "dev": "gw-1-dev001", "r": [[100, 1_767_225_600, 100.0]]})
+            no_ldp = cbor2.dumps({"v": 2, "dev": "gw-1-dev001", "e": 1, "p": EVENT, "r": [[100, 1_767_225_600, 100.0]]})
             await dev.publish(topic, no_ldp, qos=1)
             await dev.publish(readings_topic("gw-2", "gw-1-dev001"), batch("gw-1-dev001", range(50, 52)), qos=1)
             await _wait(lambda: store.counts()["rejected"] >= 5)
@@ -63,14 +65,15 @@ def test_ingest_stores_dedups_and_quarantines(mosquitto, tmp_path: Path) -> None
 
     asyncio.run(scenario())
     counts = store.counts()
-    assert counts == {"ingested": 10, "devices": 1, "rejected": 5, "duplicates": 2}
+    assert counts == {"ingested": 10, "devices": 1, "rejected": 5, "duplicates": 2, "device_resets": 0}
     reasons = [r for _t, r in store.quarantined()]
     assert any("not CBOR" in r for r in reasons)
     assert any("schema version" in r for r in reasons)
     assert any("does not match topic" in r for r in reasons)
     assert any("finite" in r for r in reasons)
     assert any("LDP header missing" in r for r in reasons)
-    times, values = store.series()["gw-1-dev001"]
+    series = store.series()["gw-1-dev001"]
+    values = series.glucose
     assert list(values) == [120.0 + s for s in range(10)]
 
 
@@ -100,4 +103,4 @@ def test_a_failed_store_is_not_acknowledged_and_the_message_comes_back(mosquitto
         task.cancel()
 
     asyncio.run(scenario())
-    assert store.counts() == {"ingested": 5, "devices": 1, "rejected": 0, "duplicates": 0}
+    assert store.counts() == {"ingested": 5, "devices": 1, "rejected": 0, "duplicates": 0, "device_resets": 0}

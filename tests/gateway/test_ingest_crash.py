@@ -28,10 +28,10 @@ BATCHES, PER_BATCH = 150, 4  # per device
 T0 = 1_767_225_600
 
 
-def start_gateway(broker, state: Path, devices_file: Path) -> subprocess.Popen:  # noqa: ANN001
+def start_gateway(broker, state: Path, devices_file: Path, extra: list[str] = ()) -> subprocess.Popen:  # noqa: ANN001
     return subprocess.Popen([sys.executable, "-m", "federation.cli", "gateway", "ingest", "--id", "gw-1",
                              "--state-dir", str(state), "--broker-port", str(broker.port), "--devices-file",
-                             str(devices_file), "--log-level", "warning"],
+                             str(devices_file), "--log-level", "warning", *extra],
                             stdout=subprocess.DEVNULL, stderr=open(state.parent / "gw.log", "ab"))
 
 
@@ -58,7 +58,7 @@ def stored(state: Path) -> int:
 def batch(device: str, b: int) -> bytes:
     readings = tuple(Reading(seq=s, t=T0 + 300 * s, value=100.0 + (s % 50) + (device == DEVICES[1]))
                      for s in range(b * PER_BATCH, (b + 1) * PER_BATCH))
-    return encode_batch(ReadingBatch(device=device, ldp=HEADER, readings=readings))
+    return encode_batch(ReadingBatch(epoch=1, device=device, ldp=HEADER, readings=readings))
 
 
 def test_kill_9_mid_stream_loses_nothing_acknowledged(mosquitto, tmp_path: Path) -> None:  # noqa: ANN001

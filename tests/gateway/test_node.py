@@ -20,55 +20,76 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def windows(name: str):  # noqa: ANN201
-    series = [synthetic_trace(seed=1, patient=f"{name}-{k}", start=1_767_225_600, days=1)[::2] for k in range(3)]
-    x, y = windows_from_series([(t, g) for t, g in series])
-    return lambda _cutoff: (x, y)
+    series = {f"{name}-{k}": synthetic_trace(seed=1, patient=f"{name}-{k}", start=1_767_225_600, days=1)[::2]
+              for k in range(3)}
+    w = windows_from_series({k: (t, g) for k, (t, g) in series.items()})
+    return lambda _cutoff: w
 
 
 def node(cloud, tmp_path: Path, pid: str, *, cap: float = 10.0) -> ParticipantNode:  # noqa: ANN001
     cfg = NodeConfig(participant_id=pid, kind="gateway", cloud_url=cloud.url, state_dir=tmp_path / pid,
-                     enroll_token=ENROLL_TOKEN, dp=DPConfig(epsilon_cap=cap, accountant="rdp"), seed=1)
+                     enroll_token=ENROLL_TOKEN, dp=DPConfig(epsilon_cap=cap, accountant="rdp"),
+                     privacy_rng="simulation", seed=1)
     return ParticipantNode(cfg, windows(pid))
 
 
+async def serve_until(nodes: list[ParticipantNode], http: httpx.AsyncClient, round_id: int, *,
+                      states: tuple[str, ...] = (), phase: str | None = None, polls: int = 600) -> dict:
+    """Run each node's poll-and-serve step (what `ParticipantNode.run` loops on) until the round reaches a state or
+    a secure-aggregation phase; with `phase`, nodes only take the secure-aggregation steps (no training)."""
+    report: dict = {}
+    for _ in range(polls):
+        for n in nodes:
+            rnd = await n.poll_round()
+            if rnd is not None:
+                await (n.secagg.step(rnd) if phase else n.serve_round(rnd))
+        report = (await http.get(f"/v1/rounds/{round_id}")).json()
+        if report["state"] in states or (phase and report.get("secagg_phase") == phase):
+            return report
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"round {round_id} never reached {states or phase}: {report}")
+
+
 def test_round_with_a_node_at_its_privacy_cap(cloud, tmp_path: Path) -> None:  # noqa: ANN001
-    nodes = [node(cloud, tmp_path, "gw-1"), node(cloud, tmp_path, "gw-2"), node(cloud, tmp_path, "gw-3", cap=0.5)]
+    nodes = [node(cloud, tmp_path, "gw-1"), node(cloud, tmp_path, "gw-2"), node(cloud, tmp_path, "gw-3"),
+             node(cloud, tmp_path, "gw-4", cap=0.5)]
 
     async def scenario() -> dict:
         for n in nodes:
             await n.enroll()
         async with httpx.AsyncClient(base_url=cloud.url, headers=ADMIN) as http:
-            rnd = (await http.post("/v1/rounds", json={"quorum": 2, "deadline_s": 120})).json()
-            await asyncio.gather(*(n.answer(rnd) for n in nodes))
-            for _ in range(200):
-                report = (await http.get(f"/v1/rounds/{rnd['round']}")).json()
-                if report["state"] in ("completed", "failed"):
-                    break
-                await asyncio.sleep(0.05)
+            rnd = (await http.post("/v1/rounds", json={"quorum": 3, "deadline_s": 120})).json()
+            # gw-4 advertises keys and shares its seeds, then refuses at training: a dropout, recovered
+            report = await serve_until(nodes, http, rnd["round"], states=("completed", "failed"))
         for n in nodes:
             await n.aclose()
         return report
 
     report = asyncio.run(scenario())
     assert report["state"] == "completed"
-    assert [u["participant"] for u in report["updates"]] == ["gw-1", "gw-2"]
-    assert report["refusals"][0]["participant"] == "gw-3" and "privacy cap" in report["refusals"][0]["reason"]
+    assert [u["participant"] for u in report["updates"]] == ["gw-1", "gw-2", "gw-3"]
+    assert report["refusals"][0]["participant"] == "gw-4" and "privacy cap" in report["refusals"][0]["reason"]
     # the refusing node spent nothing; the others booked exactly one round, and the report says what the math says
-    assert NodeState.load(tmp_path / "gw-3" / "node-state.json").history == []
+    assert NodeState.load(tmp_path / "gw-4" / "node-state.json").history == []
     for u in report["updates"]:
         hist = NodeState.load(tmp_path / u["participant"] / "node-state.json").steps()
         assert len(hist) == 1
         recomputed = dp_accounting.epsilon(hist, delta=1e-5, accountant="rdp")
         assert abs(recomputed - u["dp"]["epsilon_cumulative"]) < 1e-9 and recomputed <= 10.0
+        assert u["dp"]["unit"] == "patient" and u["n_samples"] == 3  # three devices: three patients
+        assert hist[0][1] == 1.0  # 3 patients, 64 expected per step: every patient in every step
 
 
 def test_submission_survives_a_crash_between_training_and_sending(cloud, tmp_path: Path) -> None:  # noqa: ANN001
     async def scenario() -> tuple[dict, NodeState]:
         first, other = node(cloud, tmp_path, "gw-1"), node(cloud, tmp_path, "gw-2")
-        await first.enroll()
-        await other.enroll()
-        async with httpx.AsyncClient(base_url=cloud.url, headers=ADMIN) as http:
-            rnd = (await http.post("/v1/rounds", json={"quorum": 2, "deadline_s": 120})).json()
+        third = node(cloud, tmp_path, "gw-3")  # a round has at least 3 contributors
+        for n in (first, other, third):
+            await n.enroll()
+        http = httpx.AsyncClient(base_url=cloud.url, headers=ADMIN)
+        rid = (await http.post("/v1/rounds", json={"quorum": 3, "deadline_s": 120})).json()["round"]
+        await serve_until([first, other, third], http, rid, phase="input")  # keys advertised, seeds shared
+        rnd = await first.poll_round()
 
         async def lost_connection() -> None:
             raise ConnectionError("killed before the POST")
@@ -84,15 +105,23 @@ def test_submission_survives_a_crash_between_training_and_sending(cloud, tmp_pat
         await restarted.flush_outbox()
         await restarted.flush_outbox()  # nothing left: no second POST
         await other.answer(rnd)
-        await restarted.aclose()
-        await other.aclose()
+        await third.answer(rnd)
+        secrets = tmp_path / "gw-1" / "secagg" / f"round-{rid}.json"
+        assert secrets.stat().st_mode & 0o777 == 0o600  # the round's mask seeds and keys: owner only
+        # the restarted node signs the view and reveals its shares from the round's secrets kept on disk
+        await serve_until([restarted, other, third], http, rid, states=("completed", "failed"))
+        await restarted.serve_round(await restarted.poll_round())  # the round is over: its secrets are deleted
+        assert not secrets.exists()
+        await http.aclose()
+        for n in (restarted, other, third):
+            await n.aclose()
         return rnd, crashed
 
     rnd, crashed = asyncio.run(scenario())
-    assert list(crashed.outbox) == [str(rnd["round"])] and len(crashed.history) == 1
+    assert list(crashed.outbox) == [str(rnd.round)] and len(crashed.history) == 1
     state = NodeState.load(tmp_path / "gw-1" / "node-state.json")
-    assert state.outbox == {} and state.answered == {str(rnd["round"]): "submitted"}
+    assert state.outbox == {} and state.answered == {str(rnd.round): "submitted"}
     assert len(state.history) == 1  # privacy booked once
-    report = httpx.get(f"{cloud.url}/v1/rounds/{rnd['round']}", headers=ADMIN).json()
-    assert sorted(u["participant"] for u in report["updates"]) == ["gw-1", "gw-2"]
-    assert report["state"] in ("collecting", "aggregating", "decrypting", "completed")
+    report = httpx.get(f"{cloud.url}/v1/rounds/{rnd.round}", headers=ADMIN, timeout=30).json()
+    assert sorted(u["participant"] for u in report["updates"]) == ["gw-1", "gw-2", "gw-3"]
+    assert report["state"] == "completed", report

@@ -25,9 +25,12 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 def write_spec(tmp_path: Path, ids: list[str]) -> Path:
     nodes = []
     for k, pid in enumerate(ids):
-        t, _bg, cgm = synthetic_trace(seed=4, patient=f"{pid}-p", start=1_767_225_600, days=0.5 + 0.1 * k)
+        patients = {}
+        for j in range(k + 1):  # node k has k + 1 patients
+            t, _bg, cgm = synthetic_trace(seed=4, patient=f"{pid}-p{j}", start=1_767_225_600, days=0.5)
+            patients[f"{pid}-p{j}"] = (t, cgm)
         (tmp_path / pid).mkdir()
-        write_clinical_csv(tmp_path / pid / "clinical.csv", {f"{pid}-p": (t, cgm)})
+        write_clinical_csv(tmp_path / pid / "clinical.csv", patients)
         nodes.append({"id": pid, "data": f"{pid}/clinical.csv", "state_dir": pid, "enroll_token": ENROLL_TOKEN})
     spec = tmp_path / "pool.json"
     spec.write_text(json.dumps({"nodes": nodes}))
@@ -73,15 +76,37 @@ def test_pool_nodes_answer_a_round_as_distinct_participants(cloud, tmp_path: Pat
         assert sorted(u["participant"] for u in report["updates"]) == ids
         keys = {json.loads((tmp_path / pid / "enrolled.json").read_text())["public_key"] for pid in ids}
         assert len(keys) == 3  # each node enrolled and signs with its own key
-        windows = {u["participant"]: u["n_samples"] for u in report["updates"]}
-        assert len(set(windows.values())) == 3  # each trained on its own data (different lengths)
+        units = {u["participant"]: u["n_samples"] for u in report["updates"]}
+        assert units == {"h-001": 1, "h-002": 2, "h-003": 3}  # each trained on its own patients
+
+        # a patient of h-003 withdraws: the pool rebuilds that node's windows, reports the counts under h-003's key,
+        # and the next round trains h-003 on its two other patients
+        withdraw = subprocess.run([sys.executable, "-m", "federation.cli", "hospital", "withdraw", "--state-dir",
+                                   str(tmp_path / "h-003"), "--data", str(tmp_path / "h-003" / "clinical.csv"),
+                                   "--patient", "h-003-p0"], capture_output=True, text=True, timeout=120)
+        assert withdraw.returncode == 0, withdraw.stderr
+
+        def reported() -> bool:
+            status = json.loads((tmp_path / "h-003" / "status.json").read_text())
+            return status["withdrawn_patients"] == 1 and status["consent_reports_pending"] == 0
+
+        wait_until(reported, timeout=60, what="h-003 to rebuild its windows and report the withdrawal")
+        (entry,) = [e for e in cloud.audit_entries() if e["kind"] == "consent.withdrawal"]
+        assert entry["actor"] == "h-003" and "h-003-p0" not in json.dumps(entry)  # counts and a pseudonym only
+        with httpx.Client(base_url=cloud.url, headers=ADMIN, timeout=30) as http:
+            second = http.post("/v1/rounds", json={"quorum": 3, "deadline_s": 120}).json()["round"]
+            wait_until(lambda: http.get(f"/v1/rounds/{second}").json()["state"] in ("completed", "failed"),
+                       timeout=120, what="the second round to close")
+            again = http.get(f"/v1/rounds/{second}").json()
+        assert {u["participant"]: u["n_samples"] for u in again["updates"]} == {"h-001": 1, "h-002": 2, "h-003": 2}
+        assert {u["dp"]["unit"] for u in report["updates"]} == {"patient"}
         for pid in ids:
-            assert len(NodeState.load(tmp_path / pid / "node-state.json").steps()) == 1
+            assert len(NodeState.load(tmp_path / pid / "node-state.json").steps()) == 2  # two rounds, each booked once
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         for pid in ids:
             status = json.loads((tmp_path / pid / "status.json").read_text())
-            assert status["enrolled"] and status["answered"] == {str(rnd["round"]): "submitted"}
+            assert status["enrolled"] and status["answered"][str(rnd["round"])] == "submitted"
     finally:
         if proc.poll() is None:
             proc.kill()

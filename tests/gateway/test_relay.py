@@ -21,9 +21,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from federation import model
 from federation.release import ReleaseManifest, make_release, verify_release
+from federation.responses import PublicRound
 from federation.signing import public_key_b64
+from federation.telemetry import model_topic
 from gateway.cloud_client import CloudClient
-from gateway.relay import ModelRelay, model_topic
+from gateway.relay import ModelRelay
 from tests.conftest import serve_app
 
 
@@ -53,7 +55,7 @@ class FakeCloud:
 
         @app.get("/v1/release-key")
         def release_key() -> dict:
-            return {"public_key": self.served_key}
+            return {"public_key": self.served_key, "algorithm": "Ed25519"}  # the contract: federation.responses
 
         @app.get("/v1/releases/current")
         def release() -> dict:
@@ -88,8 +90,10 @@ def retained(broker, topic: str, timeout: float = 3.0) -> bytes | None:  # noqa:
     return got[0] if got else None
 
 
-def completed(version: int) -> dict:
-    return {"round": version, "state": "completed", "result_model_version": version}
+def completed(version: int) -> PublicRound:
+    return PublicRound(round=version, state="completed", quorum=3, expected=[], base_model_version=version - 1,
+                       local_epochs=1, data_cutoff=None, deadline_at="2026-01-01T00:00:00+00:00",
+                       result_model_version=version)
 
 
 def test_relay_verifies_then_publishes_retained_and_tolerates_404(fake_cloud, mosquitto, tmp_path: Path) -> None:  # noqa: ANN001

@@ -11,8 +11,9 @@ import pytest
 from fastapi import HTTPException
 
 from device.model_client import check_release
+from federation.telemetry import model_topic
 from gateway.cloud_client import CloudClient
-from gateway.relay import ModelRelay, model_topic
+from gateway.relay import ModelRelay
 from tests.conftest import serve_app
 from tests.device.releases import bit_flipped, release_doc
 from tests.gateway.test_relay import FakeCloud, completed, retained

@@ -8,22 +8,24 @@ import numpy as np
 import pytest
 
 from federation import dp_accounting, model
+from gateway.errors import GatewayError
 from gateway.node import NodeConfig, ParticipantNode
 from gateway.state import NodeState
 from gateway.trainer import DPConfig, plan_steps, train_dp
+from tests.gateway.inputs import sim, with_features
 
 
 def data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     base = rng.uniform(80, 250, size=(n, 1))
-    x = base + rng.normal(0, 5, size=(n, model.HISTORY_STEPS))
+    x = with_features(base + rng.normal(0, 5, size=(n, model.HISTORY_STEPS)), rng)
     return x, base + rng.normal(0, 10, size=(n, 2))
 
 
 def test_empty_poisson_batches_are_noise_steps_not_crashes() -> None:
     x, y = data(40)
-    cfg = DPConfig(expected_batch_size=2)  # q = 0.05: about one step in seven draws an empty batch
-    res = train_dp(model.init_weights(seed=0), x, y, cfg=cfg, epochs=3, seed=4)
+    cfg = DPConfig(expected_batch_size=2, unit="window")  # q = 0.05: about one step in seven draws an empty batch
+    res = train_dp(model.init_weights(seed=0), x, y, cfg=cfg, epochs=3, rng=sim(4))
     assert res.steps == plan_steps(40, cfg=cfg, epochs=3)[1] == 60
     assert np.all(np.isfinite(res.weights))
 
@@ -31,8 +33,8 @@ def test_empty_poisson_batches_are_noise_steps_not_crashes() -> None:
 def test_training_is_deterministic_by_seed_and_noisy_across_seeds() -> None:
     x, y = data(200)
     w0 = model.init_weights(seed=0)
-    cfg = DPConfig(noise_multiplier=1.0)
-    a, again, b = (train_dp(w0, x, y, cfg=cfg, epochs=1, seed=s) for s in (1, 1, 2))
+    cfg = DPConfig(noise_multiplier=1.0, unit="window")
+    a, again, b = (train_dp(w0, x, y, cfg=cfg, epochs=1, rng=sim(s)) for s in (1, 1, 2))
     np.testing.assert_array_equal(a.weights, again.weights)
     assert not np.allclose(a.weights, b.weights)
 
@@ -54,10 +56,10 @@ def test_budget_persists_across_restarts_and_the_cap_holds(tmp_path: Path) -> No
     assert twice["epsilon_cumulative"] == pytest.approx(dp_accounting.epsilon([step, step], accountant="rdp"))
     assert once["epsilon_cumulative"] < twice["epsilon_cumulative"] < 2 * once["epsilon_cumulative"]
     assert twice["epsilon_last_round"] == pytest.approx(once["epsilon_cumulative"])
-    assert twice["delta"] == 1e-5 and twice["unit"] == "window" and twice["accountant"] == "rdp"
+    assert twice["delta"] == 1e-5 and twice["unit"] == "patient" and twice["accountant"] == "rdp"
 
 
 def test_corrupt_state_refuses_to_start_with_a_blank_budget(tmp_path: Path) -> None:
     (tmp_path / "node-state.json").write_text('{"history": [[1.0, 0.02')
-    with pytest.raises(RuntimeError, match="corrupt"):
+    with pytest.raises(GatewayError, match="corrupt"):
         NodeState.load(tmp_path / "node-state.json")

@@ -14,8 +14,10 @@ from opacus.grad_sample import prepare_module
 from opacus.optimizers import DPOptimizer
 
 from federation import model
+from federation.privacy_rng import PrivacyRNG
 from gateway.dp_sampling import PoissonSampler
 from gateway.trainer import DPConfig, flat_dp_optimizer_class, make_private, plan_steps, run_steps, train_dp
+from tests.gateway.inputs import sim, with_features
 
 C = 0.7  # clipping bound used throughout
 
@@ -23,11 +25,11 @@ C = 0.7  # clipping bound used throughout
 def windows(n: int, seed: int = 0, *, outlier: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     rng = np.random.default_rng(seed)
     base = rng.uniform(60, 300, size=(n, 1))
-    x = base + rng.normal(0, 8, size=(n, model.HISTORY_STEPS))
+    x = with_features(base + rng.normal(0, 8, size=(n, model.HISTORY_STEPS)), rng)
     y = base + rng.normal(0, 40, size=(n, 2))
     if outlier:
         y[0] = 1e6  # a record whose gradient is enormous
-    return torch.from_numpy(model.normalise(x)), torch.from_numpy(model.normalise(y))
+    return torch.from_numpy(model.normalise_inputs(x)), torch.from_numpy(model.normalise(y))
 
 
 def flat(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -54,6 +56,8 @@ def dp_grad(weights: np.ndarray, x: torch.Tensor, y: torch.Tensor, *, noise: flo
     gsm = prepare_module(net, grad_sample_mode=mode, batch_first=True, loss_reduction="mean")
     cls = DPOptimizer if stock else flat_dp_optimizer_class()
     opt = cls(sgd, noise_multiplier=noise, max_grad_norm=C, expected_batch_size=batch, loss_reduction="mean")
+    if not stock:
+        opt.privacy_rng = PrivacyRNG.secure()
     opt.zero_grad(set_to_none=True)
     torch.nn.functional.mse_loss(gsm(x), y).backward()
     opt.step()
@@ -107,7 +111,7 @@ def noise_only_grads(*, sigma: float, n_samples: int, steps: int, empty: bool, p
     with torch.no_grad():
         y = net(x)
     sgd = torch.optim.SGD(net.parameters(), lr=0.0)
-    gsm, opt = make_private(net, sgd, cfg=cfg, n_samples=n_samples)
+    gsm, opt = make_private(net, sgd, cfg=cfg, n_samples=n_samples, rng=sim())
     out = []
     rows = np.empty(0, dtype=np.int64) if empty else np.arange(min(n_samples, 16), dtype=np.int64)
     for _ in range(steps):
@@ -151,7 +155,7 @@ def test_expected_batch_size_is_q_times_n(per_sample: str) -> None:
     for n in (28_100, 2_530, 64, 40):
         q, _steps = plan_steps(n, cfg=cfg, epochs=1)
         net = model.to_torch(model.init_weights(seed=0))
-        _gsm, opt = make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), cfg=cfg, n_samples=n)
+        _gsm, opt = make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), cfg=cfg, n_samples=n, rng=sim())
         assert opt.expected_batch_size == pytest.approx(q * n)
 
 
@@ -169,8 +173,9 @@ def test_train_dp_samples_at_the_accounted_rate_for_the_accounted_steps(monkeypa
             seen.append((self.n_samples, self.sample_rate, self.steps, count))
 
     monkeypatch.setattr(trainer, "PoissonSampler", Recording)
-    x = np.random.default_rng(0).uniform(80, 250, size=(300, model.HISTORY_STEPS))
-    res = train_dp(model.init_weights(seed=0), x, x[:, -2:], cfg=DPConfig(expected_batch_size=20), epochs=2, seed=1)
+    x = with_features(np.random.default_rng(0).uniform(80, 250, size=(300, model.HISTORY_STEPS)))
+    res = train_dp(model.init_weights(seed=0), x, x[:, 22:24], cfg=DPConfig(unit="window", expected_batch_size=20),
+                   epochs=2, rng=sim(1))
     assert seen == [(300, res.sample_rate, res.steps, res.steps)]
     assert (res.sample_rate, res.steps) == plan_steps(300, cfg=DPConfig(expected_batch_size=20), epochs=2)
 
@@ -180,7 +185,7 @@ def test_a_second_step_on_the_same_per_sample_gradients_is_refused(per_sample: s
     """Reusing one batch's per-sample gradients for two noisy steps would spend privacy unaccounted."""
     net = model.to_torch(model.init_weights(seed=0))
     gsm, opt = make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), cfg=DPConfig(per_sample=per_sample),
-                            n_samples=100)
+                            n_samples=100, rng=sim())
     x, y = windows(10)
     opt.zero_grad(set_to_none=True)
     torch.nn.functional.mse_loss(gsm(x), y).backward()
@@ -193,9 +198,9 @@ def test_make_private_refuses_misuse() -> None:
     net = model.to_torch(model.init_weights(seed=0))
     other = model.to_torch(model.init_weights(seed=1))
     with pytest.raises(ValueError, match="not the module's"):
-        make_private(net, torch.optim.SGD(other.parameters(), lr=0.1), cfg=DPConfig(), n_samples=10)
+        make_private(net, torch.optim.SGD(other.parameters(), lr=0.1), cfg=DPConfig(), n_samples=10, rng=sim())
     with pytest.raises(ValueError, match="grad_sample_mode"):
-        make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), cfg=DPConfig(), n_samples=10,
+        make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), cfg=DPConfig(), n_samples=10, rng=sim(),
                      grad_sample_mode="ghost")
     with pytest.raises(ValueError, match="n_samples"):
-        make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), cfg=DPConfig(), n_samples=0)
+        make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), cfg=DPConfig(), n_samples=0, rng=sim())

@@ -18,6 +18,7 @@ from gateway.ingest import handle_message
 from gateway.registry import DeviceRegistry
 from gateway.store import ReadingStore
 
+EVENT = {"u": "reading"}  # the privacy declaration of an event-level device
 NOW = 1_767_225_600 + 86400
 DEV = "gw-1-dev001"
 TOPIC = readings_topic("gw-1", DEV)
@@ -25,7 +26,7 @@ TOPIC = readings_topic("gw-1", DEV)
 
 def payload(mech: str, eps: float | None, values: list[float], *, t0: int = 1_767_225_600, seq0: int = 0) -> bytes:
     readings = tuple(Reading(seq=seq0 + i, t=t0 + 300 * i, value=v) for i, v in enumerate(values))
-    return encode_batch(ReadingBatch(device=DEV, ldp=LDPHeader(mechanism=mech, epsilon=eps, lo=40.0, hi=400.0),
+    return encode_batch(ReadingBatch(epoch=1, device=DEV, ldp=LDPHeader(mechanism=mech, epsilon=eps, lo=40.0, hi=400.0),
                                      readings=readings))
 
 
@@ -60,16 +61,23 @@ def test_values_past_the_mechanism_bound_are_quarantined(store: ReadingStore, me
     assert handle(store, payload(mech, eps, [440.0 - edge - 1.0], seq0=2)).startswith("rejected: reading value")
 
 
-def test_laplace_accepts_any_finite_value_and_raw_mode_is_bounded(store: ReadingStore) -> None:
-    assert handle(store, payload("laplace", 0.1, [1e12, -1e12])) == "stored"
+def test_laplace_is_bounded_by_its_clamp_and_raw_mode_is_bounded(store: ReadingStore) -> None:
+    """Issue 14 item 5: a Laplace reading of +-1e308 (once accepted as "any finite value") is quarantined."""
+    from federation.ldp_range import output_bound
+
+    edge = 220.0 + 180.0 * output_bound(mechanism="laplace", epsilon=0.1)
+    assert handle(store, payload("laplace", 0.1, [edge * (1 - 1e-12), 440.0 - edge])) == "stored"
+    for k, bad in enumerate((edge + 1.0, 1e12, -1e308, 1e308)):
+        assert handle(store, payload("laplace", 0.1, [bad], seq0=10 + k)).startswith("rejected: reading value")
     assert handle(store, payload("none", None, [1500.0], seq0=5)).startswith("rejected")
     assert handle(store, payload("madeup", 1.0, [100.0], seq0=6)).startswith("rejected: LDP mechanism 'madeup'")
 
 
 def test_timestamps_must_be_plausible_and_ordered(store: ReadingStore) -> None:
     assert handle(store, payload("laplace", 1.0, [1.0], t0=NOW + 31 * 86400)).startswith("rejected: timestamp")
-    assert handle(store, payload("laplace", 1.0, [1.0], t0=900_000_000)).startswith("rejected: timestamp")
-    backwards = cbor2.dumps({"v": 1, "dev": DEV, "ldp": {"m": "laplace", "eps": 1.0, "lo": 40, "hi": 400},
+    assert handle(store, payload("laplace", 1.0, [1.0], t0=900_000_000)).startswith("rejected: bad timestamp")
+    backwards = cbor2.dumps({"v": 2, "dev": DEV, "e": 1, "p": EVENT,
+                             "ldp": {"m": "laplace", "eps": 1.0, "lo": 40, "hi": 400},
                              "r": [[5, 1_767_225_900, 1.0], [4, 1_767_225_600, 1.0]]})
     assert handle(store, backwards).startswith("rejected: readings not in order")
     assert store.counts()["ingested"] == 0 and store.counts()["rejected"] == 3

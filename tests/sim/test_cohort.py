@@ -83,7 +83,7 @@ def test_shapes_follow_the_sensor_interval(sensor: str) -> None:
 
 
 def test_profiles_match_their_specs() -> None:
-    g7, g6, libre, grt = (SENSOR_PROFILES[k] for k in ("dexcom-g7", "dexcom-g6", "libre3", "guardianrt"))
+    g7, g6, libre, grt = (SENSOR_PROFILES[k] for k in ("dexcom-g7", "dexcom-g6", "libre-3", "guardianrt"))
     assert (g7.interval_min, g7.session_days, g7.warmup_min) == (5, 10.0, 30.0)
     assert (g6.interval_min, g6.session_days, g6.warmup_min) == (5, 10.0, 120.0)
     assert (libre.interval_min, libre.session_days, libre.warmup_min) == (1, 14.0, 60.0)

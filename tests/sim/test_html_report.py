@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.html_report import render_report, write_report
+from sim.html_report import SECTIONS, render_report, write_report
 
+SECTION_TITLES = [title for title, _ in SECTIONS]
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo_summary.json"  # a real `wearfed demo` summary.json
 
 
@@ -94,12 +95,14 @@ def test_demo_summary_renders_with_notes_for_absent_sections(tmp_path: Path) -> 
     page = _parse(text)
     _assert_self_contained(text, page)
     assert "http://" not in text and "https://" not in text
-    # present: rmse, epsilon, bytes/latency; absent: clarke, fleet, faults (a note each)
+    # present: rmse, epsilon, bytes/latency; absent: clarke, fleet, faults (a note each); this old summary has no
+    # run parameters and no device odometers (a note each on the first screen)
     assert len(page.images) == 3
     assert page.notes == 3
-    assert page.sections[0] == "Run" and len(page.sections) == 7
-    assert "gw-1" in text and "prv" in text and "window" in text  # epsilon with its unit and accountant
-    assert "insecure-dev-unsealed" in text
+    assert page.sections[:3] == ["Did it work?", "How private?", "How accurate?"]
+    assert page.sections[4:] == [*SECTION_TITLES, "Every round in full", "Everything else in summary.json"]
+    assert "gw-1" in text and "PRV accountant" in text and "per training window" in text  # epsilon, unit, accountant
+    assert "insecure dev custodian" in text
 
 
 def test_every_section_present_gives_one_plot_each(tmp_path: Path) -> None:
@@ -110,7 +113,8 @@ def test_every_section_present_gives_one_plot_each(tmp_path: Path) -> None:
     _assert_self_contained(text, page)
     assert len(page.images) == 6 and page.notes == 0
     assert "&lt;SIGKILL&gt; &amp; restart" in text  # fault details are escaped
-    assert "centralised_rmse30" in text and "A+B" in text
+    assert "centralised RMSE +30 min (mg/dL)" in text and 'title="centralised_rmse30"' in text and "A+B" in text
+    assert "Parkes type 1" in text
 
 
 @pytest.mark.parametrize(
@@ -132,15 +136,16 @@ def test_malformed_sections_become_notes(tmp_path: Path, mutate) -> None:
     page = _parse(text)
     _assert_self_contained(text, page)
     assert "could not be drawn" in text
-    assert len(page.sections) == 7
+    assert len(page.sections) == 4 + len(SECTION_TITLES) + 2
 
 
 def test_minimal_and_failed_rounds() -> None:
     assert "No rounds" in render_report({})
     s = copy.deepcopy(json.loads(DEMO.read_text()))
-    s["rounds"][1].update(state="failed", failure_reason="quorum not met", rmse30=None, rmse60=None)
+    s["rounds"][1].update(state="failed", failure_reason="quorum not met", model_version=None, rmse30=None,
+                          rmse60=None)
     text = render_report(s)
-    assert "quorum not met" in text and ">failed</td>" in text
+    assert "no model: quorum not met" in text and ">failed (no model)</td>" in text
     with pytest.raises(TypeError):
         render_report(["not", "a", "dict"])  # type: ignore[arg-type]
 
@@ -148,3 +153,15 @@ def test_minimal_and_failed_rounds() -> None:
 def test_rendering_is_deterministic() -> None:
     s = _full_summary()
     assert render_report(s) == render_report(copy.deepcopy(s))
+
+
+def test_first_screen_of_a_run_whose_rounds_were_all_promoted() -> None:
+    s = json.loads(DEMO.read_text())  # an older real demo summary: every round's model promoted
+    text = render_report(s)
+    first = text.split('<div id="first-screen">', 1)[1].split("<h2>Forecast error", 1)[0]
+    n = len(s["rounds"])
+    assert f"Yes: {n} of {n} rounds produced a model; {n} promoted to production, 0 held back." in first
+    last = s["rounds"][-1]
+    assert f"In production at the end: model v{last['model_version']}" in first
+    assert f"<b>{last['rmse30']:,.2f}</b></td><td>{last['persistence_rmse30']:,.2f}</td>" in first
+    assert "No model in production" not in first and "held back because" in first  # the column, empty here

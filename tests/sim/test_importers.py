@@ -16,6 +16,7 @@ from sim.importers import (
     CGMImportError,
     EmptyExportError,
     MissingColumnError,
+    OutOfRangeError,
     RowError,
     UnknownFormatError,
     detect_format,
@@ -74,7 +75,10 @@ def test_clarity_mgdl_low_high_flags_and_events() -> None:
     assert s.glucose_mgdl.tolist() == [98, 101, 40, 40, 45, 400, 350, 330]
     assert s.censored.tolist() == [0, 0, -1, -1, 0, 1, 0, 0]
     assert s.times.tolist() == [T0 + 300 * i for i in range(8)]
-    assert e.skipped["event Calibration"] == 1 and e.skipped["event Alert"] == 3 and e.skipped["event Insulin"] == 1
+    assert e.skipped["event Calibration"] == 1 and e.skipped["event Alert"] == 3 and "event Insulin" not in e.skipped
+    # Insulin and Carbs rows are events now (issue 12)
+    assert s.insulin_times.tolist() == [T0 + 720] and s.insulin_units.tolist() == [2.5]
+    assert s.carb_times.tolist() == [T0 + 1080] and s.carb_grams.tolist() == [15]
     assert s.serials == ("X7K2Q9",) and s.devices == ("iOS G7",)
     assert e.report()["patients"]["clarity_mgdl"]["low_flagged"] == 2
     assert "Test" not in json.dumps(e.report())  # patient-information values are never read
@@ -103,7 +107,8 @@ def test_libreview_eu_and_us_locales_agree() -> None:
     assert a.times[0] == 1710367200  # 2024-03-13 22:00 UTC
     assert np.diff(a.times).tolist() == [900] * 4  # historic readings every 15 min
     assert a.glucose_mgdl.tolist() == b.glucose_mgdl.tolist() == [104, 98, 91, 87, 95]
-    assert eu.skipped == {"record type 1 (scan; include_scans=False)": 1, "record type 5": 1, "record type 6": 1}
+    assert eu.skipped == {"record type 1 (scan; include_scans=False)": 1, "record type 6": 1}
+    assert a.carb_times.tolist() == [1710368400] and a.carb_grams.tolist() == [20]  # record type 5: food
     assert "Device Timestamp read as DMY" in eu.notes and "Device Timestamp read as MDY" in us.notes
     assert a.serials == ("0A1B2C3D-0000-4000-8000-00000000TEST",)
 
@@ -222,10 +227,17 @@ def test_bad_rows_name_file_line_and_field(tmp_path: Path, name: str, old: str, 
     assert f"{p}:{line} [{field}]" in str(err)
     # errors="drop" goes on, and counts the row instead of losing it silently
     kept = load_cgm_export(p, errors="drop")
-    assert kept.dropped[f"invalid {field}"] == 1
+    what = "out-of-range" if isinstance(err, OutOfRangeError) else "invalid"
+    assert kept.dropped[f"{what} {field}"] == 1
     assert any(str(p) in n for n in kept.notes)
     clean = load_cgm_export(DATA / name)
     assert kept.readings == clean.readings - 1
+    # "drop-out-of-range" counts only plausibility failures; a malformed row still stops the import
+    if isinstance(err, OutOfRangeError):
+        assert load_cgm_export(p, errors="drop-out-of-range").dropped == kept.dropped
+    else:
+        with pytest.raises(RowError):
+            load_cgm_export(p, errors="drop-out-of-range")
 
 
 @pytest.mark.parametrize(
@@ -243,7 +255,8 @@ def test_nightscout_bad_entries(tmp_path: Path, entry: dict, field: str) -> None
     with pytest.raises(RowError) as info:
         load_cgm_export(p)
     assert (info.value.entry, info.value.field) == (1, field)
-    assert load_cgm_export(p, errors="drop").dropped == {f"invalid {field}": 1}
+    what = "out-of-range" if isinstance(info.value, OutOfRangeError) else "invalid"
+    assert load_cgm_export(p, errors="drop").dropped == {f"{what} {field}": 1}
 
 
 def test_nightscout_structural_errors(tmp_path: Path) -> None:

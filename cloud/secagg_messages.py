@@ -1,0 +1,180 @@
+"""Secure aggregation's messages at the cloud: participants' signed keys, shares, consistency signatures and
+unmasking shares, each checked against the round's phase and graph, stored and audited, then handed to the phase
+machine (`cloud.secagg`) to advance; and what participants and staff may see of a round's secure aggregation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cloud.db import Participant, Round, SecAggMessage, SecAggRound, Update
+from cloud.errors import BadRequest, Conflict, Forbidden
+from cloud.participants import Participants
+from cloud.round_states import get_round
+from cloud.secagg import SecureAggregation, messages_of
+from cloud.store import Store, aware
+from federation import secagg, shamir
+from federation.responses import SecAggAck, SecAggAdvertView, SecAggStatus, SecAggView
+from federation.signing import canonical_json
+from federation.wire import SecAggConsistency, SecAggKeys, SecAggShares, SecAggUnmask, SecAggViewRequest
+
+VIEW_FRESHNESS_S = 300.0
+MAX_TOKEN_CHARS = 400  # a base64 ChaCha20-Poly1305 box of two 66-byte shares is about 260 characters
+
+
+def _digest(doc: dict) -> str:
+    return hashlib.sha256(canonical_json(doc)).hexdigest()
+
+
+def _check_public_key(raw: bytes, what: str) -> None:
+    """Refuse an X25519 key that is a low-order point (its agreements would be all zero, RFC 7748 §6.1)."""
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(raw))
+    except ValueError as exc:
+        raise BadRequest(f"{what} is not a usable X25519 public key: {exc}") from exc
+
+
+class SecAggMessages:
+    def __init__(self, store: Store, participants: Participants, phases: SecureAggregation) -> None:
+        self.store = store
+        self.participants = participants
+        self.phases = phases
+
+    def post_keys(self, round_id: int, msg: SecAggKeys) -> SecAggAck:
+        def check(s: Session, r: Round, sa: SecAggRound, doc: dict) -> None:
+            if doc["participant"] not in r.expected:
+                raise Forbidden(f"participant {doc['participant']} is not expected in round {r.id}")
+            for field in ("c_pk", "s_pk"):
+                _check_public_key(secagg._unb64_key(doc[field], field), field)
+
+        return self._post(round_id, "advertise", msg.advert.model_dump(mode="json"), msg.signature, check)
+
+    def post_shares(self, round_id: int, msg: SecAggShares) -> SecAggAck:
+        def check(s: Session, r: Round, sa: SecAggRound, doc: dict) -> None:
+            me = doc["participant"]
+            if me not in sa.u1:
+                raise Conflict(f"participant {me} advertised no keys in round {r.id} (not in U1)")
+            want, got = set(self.phases.params(s, r.id, sa.u1).graph[me]), set(doc["shares"])
+            if got != want:
+                raise BadRequest(f"shares must go to exactly the neighbours of {me}: missing {sorted(want - got)}, "
+                                 f"not neighbours {sorted(got - want)}")
+            if any(len(t) > MAX_TOKEN_CHARS for t in doc["shares"].values()):
+                raise BadRequest(f"an encrypted share exceeds {MAX_TOKEN_CHARS} characters")
+
+        return self._post(round_id, "share", msg.doc.model_dump(mode="json"), msg.signature, check)
+
+    def _check_view(self, s: Session, r: Round, sa: SecAggRound, doc: dict) -> secagg.Round:
+        rnd = self.phases.params(s, r.id, sa.u1)
+        if doc["view_sha256"] != rnd.view_digest(sa.u2, sa.u3):
+            raise BadRequest("the signed view does not match the round's U1 keys, U2 and U3")
+        return rnd
+
+    def post_consistency(self, round_id: int, msg: SecAggConsistency) -> SecAggAck:
+        def check(s: Session, r: Round, sa: SecAggRound, doc: dict) -> None:
+            if doc["participant"] not in sa.u3:
+                raise Conflict(f"participant {doc['participant']} has no accepted input in round {r.id} (not in U3)")
+            self._check_view(s, r, sa, doc)
+
+        return self._post(round_id, "consistency", msg.doc.model_dump(mode="json"), msg.signature, check)
+
+    def post_unmask(self, round_id: int, msg: SecAggUnmask) -> SecAggAck:
+        def check(s: Session, r: Round, sa: SecAggRound, doc: dict) -> None:
+            me = doc["participant"]
+            if me not in sa.u4:
+                raise Conflict(f"participant {me} did not sign the round's view (not in U4)")
+            rnd = self._check_view(s, r, sa, doc)
+            want_b = {o for o in rnd.holders(me) if o in sa.u3}
+            want_sk = {o for o in rnd.graph[me] if o in sa.u2 and o not in sa.u3}
+            if set(doc["b_shares"]) != want_b or set(doc["sk_shares"]) != want_sk:
+                raise BadRequest(f"{me} must reveal self-mask shares of {sorted(want_b)} and mask-key shares of "
+                                 f"{sorted(want_sk)}, nothing else (never both for one participant)")
+            for share in [*doc["b_shares"].values(), *doc["sk_shares"].values()]:
+                if len(share) != 2 * shamir.SHARE_BYTES or any(c not in "0123456789abcdef" for c in share):
+                    raise BadRequest("a share is not 66 bytes of lowercase hex")
+
+        return self._post(round_id, "unmask", msg.doc.model_dump(mode="json"), msg.signature, check)
+
+    def _post(self, round_id: int, phase: str, doc: dict, signature: str,
+              check: Callable[[Session, Round, SecAggRound, dict], None]) -> SecAggAck:
+        pid = doc["participant"]
+        digest = _digest(doc)
+        with self.store.refusals("secagg.rejected", pid, action=f"secagg.{phase}", round=round_id,
+                                 doc_sha256=digest):
+            if doc["round"] != round_id:
+                raise BadRequest(f"message is for round {doc['round']}, posted to round {round_id}")
+            with self.store.tx() as s:
+                self.participants.verified(s, pid, doc, signature, domain=secagg.DOMAIN)
+                r = get_round(s, round_id)
+                prior = s.scalar(select(SecAggMessage).where(SecAggMessage.round_id == round_id,
+                                                             SecAggMessage.participant == pid,
+                                                             SecAggMessage.phase == phase))
+                if prior is not None:
+                    if prior.doc_sha256 == digest:
+                        return SecAggAck(status="accepted", duplicate=True, round=round_id, phase=phase)
+                    raise Conflict(f"participant {pid} already sent a different {phase} message in round {round_id}")
+                sa = s.get(SecAggRound, round_id)
+                if r.state != "collecting" or sa is None:
+                    raise Conflict(f"round {round_id} is not collecting (state: {r.state})")
+                if sa.phase != phase:
+                    raise Conflict(f"round {round_id} is in secure-aggregation phase {sa.phase}, not {phase}")
+                check(s, r, sa, doc)
+                s.add(SecAggMessage(round_id=round_id, participant=pid, phase=phase, doc=doc, signature=signature,
+                                    doc_sha256=digest))
+                self.store.append(s, f"secagg.{'keys' if phase == 'advertise' else phase}", pid, round=round_id,
+                                  doc_sha256=digest)
+        self.phases.advance(round_id)
+        return SecAggAck(status="accepted", duplicate=False, round=round_id, phase=phase)
+
+    # -- what participants and staff see --------------------------------------------------------------------
+    def view(self, round_id: int, req: SecAggViewRequest) -> SecAggView:
+        doc = req.model_dump(mode="json", exclude={"signature"})
+        with self.store.refusals("secagg.rejected", req.participant, action="secagg.view", round=round_id), \
+                self.store.read() as s:
+            if req.round != round_id:
+                raise BadRequest(f"view request is for round {req.round}, posted to round {round_id}")
+            self.participants.verified(s, req.participant, doc, req.signature, domain=secagg.DOMAIN)
+            if abs(time.time() - req.at) > VIEW_FRESHNESS_S:
+                raise BadRequest(f"view request is {time.time() - req.at:.0f} s old; at most {VIEW_FRESHNESS_S:.0f}")
+            r = get_round(s, round_id)
+            sa = s.get(SecAggRound, round_id)
+            if req.participant not in r.expected or sa is None:
+                raise Forbidden(f"participant {req.participant} takes no part in round {round_id}")
+            msgs = messages_of(s, round_id)
+            keys = {p.id: p.public_key for p in s.scalars(select(Participant).where(Participant.id.in_(sa.u1 or [])))}
+            me = req.participant
+            sent = sorted({m.phase for m in msgs if m.participant == me})
+            if s.scalar(select(Update.id).where(Update.round_id == round_id, Update.participant == me)) is not None:
+                sent = sorted([*sent, "input"])
+            return SecAggView(
+                round=round_id, phase=sa.phase if r.state == "collecting" else r.state,
+                phase_deadline_at=aware(sa.phase_deadline_at).isoformat(),
+                adverts=[SecAggAdvertView(participant=m.participant, identity_key=keys[m.participant], advert=m.doc,
+                                          signature=m.signature)
+                         for m in msgs if m.phase == "advertise" and m.participant in (sa.u1 or [])],
+                u2=sa.u2, u3=sa.u3,
+                inbox={m.participant: m.doc["shares"][me] for m in msgs
+                       if m.phase == "share" and m.participant in (sa.u2 or []) and me in m.doc["shares"]},
+                consistency=[{"participant": m.participant, "signature": m.signature} for m in msgs
+                             if m.phase == "consistency" and m.participant in (sa.u4 or [])],
+                sent=sent)
+
+    def status(self, round_id: int) -> SecAggStatus:
+        with self.store.read() as s:
+            get_round(s, round_id)
+            sa = s.get(SecAggRound, round_id)
+            if sa is None:
+                raise Conflict(f"round {round_id} has no secure aggregation")
+            answered: dict[str, list[str]] = {}
+            for m in messages_of(s, round_id):
+                answered.setdefault(m.phase, []).append(m.participant)
+            n1 = len(sa.u1) if sa.u1 else None
+            params = {} if not n1 else {"degree": secagg.degree(n1), "threshold": secagg.threshold(n1),
+                                        "dropout_budget": secagg.dropout_budget(n1)}
+            return SecAggStatus(round=round_id, phase=sa.phase, u1=sa.u1, u2=sa.u2, u3=sa.u3, u4=sa.u4,
+                                phase_deadline_at=aware(sa.phase_deadline_at).isoformat(), answered=answered, **params)
