@@ -9,9 +9,10 @@ acknowledged, so nothing acknowledged is lost and nothing is counted twice.
 No message can stop the ingest: every value is checked against its wire bounds before storage
 (`federation.telemetry.decode_batch`), and a storage error that belongs to the message (a value SQLite
 refuses, an integrity error) quarantines that message, which is then acknowledged. Only a failure of the store
-itself (disk full, I/O error: `sqlite3.OperationalError`) leaves the message unacknowledged; the client
-reconnects with backoff to have it redelivered. The same message failing `POISON_ATTEMPTS` times is
-quarantined even then (if the quarantine write works), so one message can never hold back the others.
+itself (locked, disk full, I/O error, a lost PostgreSQL connection: `store_is_down`) leaves the message
+unacknowledged; the client reconnects with backoff to have it redelivered, however long the outage lasts (every
+message would fail alike, so none is quarantined for it). Any other error of the same message `POISON_ATTEMPTS`
+times (a bug it triggers) quarantines it, if the quarantine write works, so one message never holds back the others.
 `IngestHealth` says what happened; the daemon's status.json reports it, and an ingest that has not stored
 anything for `STUCK_AFTER_S` while failing says ``"state": "stuck"`` and ``"healthy": false``.
 """
@@ -52,6 +53,10 @@ STORE_RETRY_BACKOFF = Backoff(base_s=0.5, cap_s=30.0)
 MESSAGE_STORAGE_ERRORS = (OverflowError, ValueError, TypeError, sqlite3.IntegrityError, sqlite3.InterfaceError,
                           sqlite3.ProgrammingError, sqlite3.DataError, sa_exc.IntegrityError, sa_exc.DataError)
 STORE_ERRORS = (sqlite3.Error, sa_exc.OperationalError, sa_exc.InterfaceError)  # the store itself (a pool's PostgreSQL)
+# SQLite result codes that say the database cannot be written right now, whatever the message (sqlite.org/rescode.html);
+# the extended codes (SQLITE_IOERR_WRITE, SQLITE_BUSY_SNAPSHOT, ...) share these prefixes.
+SQLITE_STORE_DOWN = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_CANTOPEN",
+                     "SQLITE_READONLY", "SQLITE_NOMEM", "SQLITE_PROTOCOL", "SQLITE_NOLFS")
 POOL_SESSION_EXPIRY_S = 7 * 86400  # a pool member's session (and what the broker queued for it) outlives a restart
 
 
@@ -104,6 +109,14 @@ ConsentHandler = Callable[[str, bytes], str]
 
 class StoreUnavailable(Exception):
     """The store itself failed (disk full, I/O); the message stays unacknowledged for redelivery."""
+
+
+def store_is_down(exc: BaseException) -> bool:
+    """True if `exc` says the store itself is unavailable (any message would fail now), not this message."""
+    cause = exc.__cause__ if isinstance(exc, StoreUnavailable) and exc.__cause__ is not None else exc
+    if isinstance(cause, sqlite3.Error):
+        return (getattr(cause, "sqlite_errorname", None) or "").startswith(SQLITE_STORE_DOWN)
+    return isinstance(cause, (sa_exc.OperationalError, sa_exc.InterfaceError))
 
 
 class IngestHealth:
@@ -332,9 +345,10 @@ class MqttIngest:
         return True
 
     def _poisoned(self, topic: str, payload: bytes, exc: Exception) -> bool:
-        """After POISON_ATTEMPTS failures of this very message, quarantine it; True if that worked."""
+        """After POISON_ATTEMPTS failures of this very message, quarantine it; True if that worked. Never while
+        the store itself is down: a message that fails only because of an outage is stored when it ends."""
         digest = message_digest(topic, payload)
-        if self.health.failure(digest, f"{type(exc).__name__}: {exc}") < POISON_ATTEMPTS:
+        if self.health.failure(digest, f"{type(exc).__name__}: {exc}") < POISON_ATTEMPTS or store_is_down(exc):
             return False
         try:
             self.store.quarantine(topic, payload, f"storing failed {POISON_ATTEMPTS} times: {exc!r}")

@@ -16,10 +16,13 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import exc as sa_exc
 
+from federation.runtime import Backoff
 from federation.telemetry import LDPHeader, Reading, ReadingBatch, encode_batch, readings_topic
-from gateway.ingest import ingest_forever
+from gateway.ingest import POISON_ATTEMPTS, IngestHealth, StoreUnavailable, ingest_forever, store_is_down
 from gateway.store import ReadingStore
 from tests.gateway.test_ingest_crash import start_gateway, status, stored, wait
 
@@ -149,3 +152,67 @@ def test_a_store_that_cannot_write_makes_health_fail_loudly_then_recovers(mosqui
         if gw.poll() is None:
             gw.kill()
             gw.wait()
+
+
+def test_an_outage_longer_than_the_poison_limit_quarantines_nothing(mosquitto, tmp_path: Path) -> None:  # noqa: ANN001
+    """A database locked by another writer for more than POISON_ATTEMPTS redeliveries of the same batch: once the
+    lock goes, every batch is stored and none is quarantined (before, the third failure quarantined the batch as
+    poison if the lock was released between the failed store and the quarantine write; seen in CI)."""
+    store = ReadingStore(tmp_path / "readings.sqlite")
+    store._db.execute("PRAGMA busy_timeout = 50")  # fail fast on the lock (the daemon waits the default 5 s)
+    health = IngestHealth()
+    lock = sqlite3.connect(tmp_path / "readings.sqlite", isolation_level=None)
+
+    async def scenario() -> None:
+        ready = asyncio.Event()
+        task = asyncio.create_task(ingest_forever(store, "gw-1", host=mosquitto.host, port=mosquitto.port,
+                                                  ready=ready, health=health, backoff=Backoff(base_s=0.05, cap_s=0.1)))
+        await asyncio.wait_for(ready.wait(), 10)
+        lock.execute("BEGIN EXCLUSIVE")
+        pub = publisher(mosquitto)
+        for b in range(3):
+            publish(pub, GOOD, batch(GOOD, range(4 * b, 4 * b + 4)))
+        for _ in range(400):
+            if max(health._attempts.values(), default=0) > POISON_ATTEMPTS:
+                break
+            await asyncio.sleep(0.05)
+        assert max(health._attempts.values()) > POISON_ATTEMPTS
+        lock.execute("ROLLBACK")
+        for _ in range(400):
+            if store.counts()["ingested"] == 12:
+                break
+            await asyncio.sleep(0.05)
+        pub.loop_stop()
+        pub.disconnect()
+        task.cancel()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        lock.close()
+    assert store.counts()["ingested"] == 12 and store.counts()["rejected"] == 0
+    assert health.quarantined_storage == 0
+
+
+def test_store_is_down_tells_an_outage_from_a_message_the_store_refuses(tmp_path: Path) -> None:
+    path = tmp_path / "x.sqlite"
+    a = sqlite3.connect(path, isolation_level=None)
+    b = sqlite3.connect(path, isolation_level=None, timeout=0.01)
+    a.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+    a.execute("INSERT INTO t VALUES (1)")
+    a.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(sqlite3.OperationalError) as locked:
+        b.execute("INSERT INTO t VALUES (2)")
+    a.execute("ROLLBACK")
+    with pytest.raises(sqlite3.IntegrityError) as duplicate:
+        b.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(sqlite3.OperationalError) as bad_sql:
+        b.execute("INSERT INTO nowhere VALUES (1)")
+    a.close()
+    b.close()
+    wrapped = StoreUnavailable("OperationalError: database is locked")
+    wrapped.__cause__ = locked.value
+    assert store_is_down(locked.value) and store_is_down(wrapped)
+    assert not store_is_down(duplicate.value) and not store_is_down(bad_sql.value)
+    assert store_is_down(sa_exc.OperationalError("SELECT 1", {}, Exception("server closed the connection")))
+    assert not store_is_down(OverflowError("Python int too large to convert to SQLite INTEGER"))
