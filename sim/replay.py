@@ -190,8 +190,8 @@ class Replay:
         self.cloud_args += ["--validation", str(write_validation_set(s, out))]
         compliance_token = secrets.token_urlsafe(24)  # the second person of the two-person rules
         self.cloud_env = {"WEARFED_ADMIN_TOKEN": admin_token, "WEARFED_COMPLIANCE_TOKEN": compliance_token}
-        if not inference_gateways(s):  # no device runs a model: no TFLite export competing for the CPU
-            self.cloud_env["WEARFED_TFLITE_EXPORT"] = "off"
+        # TFLite releases only where a device runs the model: no export competing for the CPU otherwise
+        self.cloud_env["WEARFED_TFLITE_EXPORT"] = "on" if inference_gateways(s) else "off"
         self.group.start("cloud", self.cloud_args, env=self.cloud_env)
         wait_for_port("127.0.0.1", self.cloud_port, timeout=60)
         health = httpx.get(f"{self.cloud_url}/healthz").json()
