@@ -31,6 +31,7 @@ from federation.request_auth import ParticipantAuth
 from federation.responses import Enrolled, ModelView, PublicRound
 from federation.runtime import atomic_write_json
 from federation.signing import REFUSAL_DOMAIN, load_or_create_key, public_key_b64, sign
+from federation.tls import certificate_refused
 from federation.windows import Windows
 from federation.wire import PARTICIPANT_ID, DPReport, UpdateEnvelope
 from gateway.cloud_client import CloudClient, CloudRejected
@@ -198,7 +199,11 @@ class ParticipantNode:
             with contextlib.suppress(httpx.TransportError):
                 await self.refuse(rnd.round, f"node error: {exc}")
         except httpx.TransportError as exc:  # anything trained is in the outbox; resent next poll
-            log.warning("%s: round %s: cloud unreachable (%s)", self.cfg.participant_id, rnd.round, exc)
+            if certificate_refused(exc):  # the cloud or region relay is not who --ca-file vouches for
+                log.error("%s: round %s: server refused, its certificate does not verify against the CA file (%s)",
+                          self.cfg.participant_id, rnd.round, exc)
+            else:
+                log.warning("%s: round %s: cloud unreachable (%s)", self.cfg.participant_id, rnd.round, exc)
 
     async def run(self, stop: asyncio.Event) -> None:
         if not await self.enroll_until_ready(stop):
