@@ -43,10 +43,10 @@ from gateway.state import NodeState
 from gateway.trainer import DPConfig, TrainResult, plan_steps, train_dp, units_of
 from gateway.witness import LogWitness, LogWitnessAlarm
 
-log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from sim.executors import Executor
 
+log = logging.getLogger(__name__)
 WindowSource = Callable[[float | None], Windows | tuple[np.ndarray, np.ndarray]]
 RoundHook = Callable[[PublicRound | None, CloudClient], Awaitable[None]]
 _BASE_WEIGHTS: dict[tuple[str, int], np.ndarray] = {}  # (cloud url, version) -> weights, newest last

@@ -58,14 +58,27 @@ def _train_round(spec: list[dict], template: NodeConfig, trainer) -> dict[str, T
     return {node.cfg.participant_id: r for (node, _), r in zip(nodes, asyncio.run(every_node()), strict=True)}
 
 
+class _Recording(RayExecutor):
+    """The Ray executor, noting which function each map ran (Ray workers: `tests/sim/test_ray_sweep.py`)."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self.calls: list[str] = []
+
+    def map(self, fn, items, **shared):  # noqa: ANN001, ANN003, ANN201
+        self.calls.append(fn.__name__)
+        return super().map(fn, items, **shared)
+
+
 def test_node_trainings_on_ray_equal_the_in_process_trainings(tmp_path: Path, one_torch_thread: None) -> None:  # noqa: F811
     spec, template = _tiny_study(tmp_path)
     here = _train_round(spec, template, InProcess())
-    ex = RayExecutor("auto", local_cpus=2)
+    ex = _Recording("auto", local_cpus=2)
     try:
         there = _train_round(spec, template, ex)
     finally:
         ex.close()
+    assert ex.calls == ["train_dp"] * 3  # every node's training went to Ray, one task each
     assert sorted(here) == sorted(there) == ["h-001", "h-002", "h-003"]
     for pid, a in here.items():
         b = there[pid]
