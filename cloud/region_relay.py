@@ -36,7 +36,7 @@ from federation.limits import MAX_UPDATE_BYTES, PARTICIPANT_ID
 from federation.responses import Enrolled, PublicRound, RegionAck, SubmissionAck, refusal_detail
 from federation.runtime import Backoff, atomic_write_json
 from federation.signing import load_or_create_key, public_key_b64, verify
-from federation.tls import tls_context
+from federation.tls import certificate_refused, tls_context
 from federation.wire import Submission
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,8 @@ class RegionRelay:
         for attempt in range(attempts):
             try:
                 resp = await self.http.request(method, path, **kwargs)
-            except httpx.TransportError:
-                if attempt == attempts - 1:
+            except httpx.TransportError as exc:
+                if attempt == attempts - 1 or certificate_refused(exc):
                     raise
             else:
                 if resp.status_code < 400:

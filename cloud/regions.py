@@ -11,7 +11,9 @@ aggregate parses as masked residues of the model's length. Then, with probabilit
 CSPRNG, after the region has committed to its signed statement) the cloud asks for the inputs: the aggregate waits
 in state ``audit`` until the region posts every input it summed, signed; the inputs must be exactly the listed ones,
 each the ciphertext its participant signed, and sum (`federation.ckks.sum_encrypted`) byte for byte to the
-aggregate. A failed audit refuses the aggregate, suspends the region and alerts the compliance officer. Accepting
+aggregate. A failed audit refuses the aggregate, suspends the region and alerts the compliance officer; only the
+two-person rule lifts a suspension (`reinstate`: requested by one user, carried out when a second, a compliance
+officer, approves it in `cloud.approvals`; both audited, the row change bound to the log entry). Accepting
 stores one update row per member (ciphertext b"", `region` set, its privacy spend) and the aggregate row in one
 audited transaction; the round then closes as for direct submissions.
 """
@@ -303,6 +305,31 @@ class Regions:
             return ("the listed inputs do not sum to the signed aggregate (a contribution was dropped, added or "
                     "altered)")
         return None
+
+    # -- staff: the list, and lifting a suspension (two-person rule) ------------------------------------------
+    def list(self) -> list[dict]:
+        with self.store.read() as s:
+            return [{"id": r.id, "public_key": r.public_key, "enrolled_at": r.enrolled_at.isoformat(),
+                     "suspended": r.suspended} for r in s.scalars(select(Region).order_by(Region.id))]
+
+    @staticmethod
+    def suspended(s: Session, region_id: str) -> Region:
+        """The region, if enrolled and suspended (what a reinstatement request and its approval both check)."""
+        r = s.get(Region, region_id)
+        if r is None:
+            raise NotFound(f"region {region_id} is not enrolled")
+        if not r.suspended:
+            raise Conflict(f"region {region_id} is not suspended")
+        return r
+
+    def reinstate(self, s: Session, region_id: str, *, requested_by: str, approved_by: str, reason: str,
+                  approval: int) -> dict:
+        """Lift a suspension inside the transaction that approves it (`cloud.approvals`); audited with both names."""
+        r = self.suspended(s, region_id)
+        was, r.suspended = r.suspended, None
+        self.store.append(s, "region.reinstated", requested_by, region=region_id, reason=reason, suspended=was,
+                          approved_by=approved_by, approval=approval)
+        return {"region": region_id, "suspended": None, "was": was}
 
     def _refuse(self, row: RegionAggregateRow, reason: str, *, body_bytes: int) -> None:
         with self.store.tx() as s:
