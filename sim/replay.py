@@ -43,6 +43,7 @@ from sim.report import RoundPrinter
 from sim.report_explanations import fetch as fetch_explanations
 from sim.run_facts import device_privacy, promotion_gates, run_parameters
 from sim.scenario import Fault, Scenario
+from sim.summary import write_summary
 from sim.wrist import check_release_path, device_states, inference_gateways
 
 R = TypeVar("R", bound=Response)
@@ -611,10 +612,10 @@ def run_replay(s: Scenario, out: Path, *, broker: str = "auto", pool_processes: 
         summary["attack_drill"] = drill_report
     if replay.last_weights is not None:
         summary["clarke_points"] = clarke_points(replay.last_weights, heldout) | replay.last_model
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    run = write_summary(summary, out)  # refused, naming the field, if it is not a `RunSummary`
     from sim.html_report import write_report
 
-    write_report(summary, out)
+    write_report(run, out)
     replay.printer.note(f"summary: {out / 'summary.json'}  report: {out / 'report.html'}  "
-                        f"cloud database: {out / 'cloud.db'}  wall time {summary['wall_seconds']} s")
-    return summary
+                        f"cloud database: {out / 'cloud.db'}  wall time {run.wall_seconds} s")
+    return run.document()
