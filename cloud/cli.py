@@ -161,7 +161,7 @@ def _intrusion(args: argparse.Namespace):  # noqa: ANN202 - cloud.intrusion.Intr
 def _limits(args: argparse.Namespace):  # noqa: ANN202 - cloud.ratelimit.Limits
     import dataclasses
 
-    from cloud.ratelimit import Limits
+    from cloud.throttle import Limits
 
     given = {"requests_per_s": args.rate_limit, "burst": args.rate_burst, "auth_failures": args.auth_failures,
              "failure_window_s": args.failure_window_seconds, "summary_window_s": args.failure_summary_seconds,

@@ -1,6 +1,6 @@
 """Region relays (hierarchical aggregation, `cloud.regions`): enrollment with a one-time token, the region's signed
 read of the participants' keys, its signed aggregates and its answers to audits. Bodies are read raw so their size
-is bounded before parsing (`cloud.ratelimit.BODY_LIMITS`)."""
+is bounded before parsing (`cloud.body_limits.BODY_LIMITS`)."""
 
 import asyncio
 
