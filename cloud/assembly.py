@@ -49,7 +49,8 @@ from cloud.ledgers import Ledgers
 from cloud.log_proofs import LogProofs
 from cloud.participants import Participants
 from cloud.promotion import Promotion
-from cloud.regions import DEFAULT_AUDIT_RATE, Regions
+from cloud.region_audits import DEFAULT_AUDIT_RATE
+from cloud.regions import Regions
 from cloud.registry import Registry
 from cloud.releases import ReleaseArtifacts
 from cloud.rounds import Rounds
