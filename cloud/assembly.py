@@ -34,9 +34,9 @@ from cloud.approvals import Approvals
 from cloud.audit import AuditLog, LogKeySource
 from cloud.consent import ConsentLedger
 from cloud.custodian import Custodian
-from cloud.db import make_engine, make_sessionmaker
 from cloud.drift import DEFAULT_MIN_READINGS, DEFAULT_MIN_REFERENCE_HOURS, DEFAULT_THRESHOLD, DriftConfig
 from cloud.drift_monitor import DriftMonitor
+from cloud.engine import make_engine, make_sessionmaker
 from cloud.evaluations import EvaluationSources, ValidationSet
 from cloud.explainer import Explainer
 from cloud.gatekeeper import Gatekeeper

@@ -185,7 +185,7 @@ def _check_gates(args: argparse.Namespace) -> int:
 def _create_user(args: argparse.Namespace) -> int:
     from cloud.access import create_user_offline
     from cloud.audit import AuditLog
-    from cloud.db import make_engine, make_sessionmaker
+    from cloud.engine import make_engine, make_sessionmaker
     from cloud.errors import CloudError
 
     # Offline: whoever can run this can already write the database and the state directory (the log key).

@@ -10,8 +10,9 @@ import base64
 import hashlib
 import secrets
 
-from cloud.db import Alert, Region, RegionAggregateRow
+from cloud.db import Region, RegionAggregateRow
 from cloud.errors import BadRequest
+from cloud.record_db import Alert
 from cloud.region_identity import RegionIdentity
 from cloud.store import Store
 from federation import ckks, region

@@ -30,9 +30,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cloud import pg_locks, state_binding
 from cloud.audit import LOG_KEY_SETTING, AuditLog, LedgerTampered
-from cloud.db import Event, Setting
 from cloud.errors import CloudError
 from cloud.failure_tally import SUMMARISED  # not the middleware: the tally alone, which imports nothing of the cloud
+from cloud.record_db import Event, Setting
 
 
 def aware(ts: datetime) -> datetime:
