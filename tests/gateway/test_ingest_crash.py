@@ -36,6 +36,29 @@ def start_gateway(broker, state: Path, devices_file: Path, extra: list[str] = ()
                             stdout=subprocess.DEVNULL, stderr=open(state.parent / "gw.log", "ab"))
 
 
+def subscribed_gateway(broker, tmp_path: Path) -> tuple[Path, Path, subprocess.Popen]:  # noqa: ANN001
+    """A gateway gw-1 for DEVICES on a fresh state directory, once it has subscribed: (state, devices file, process)."""
+    state = tmp_path / "gw-1"
+    state.mkdir()
+    devices_file = tmp_path / "devices.txt"
+    devices_file.write_text("# provisioned to gw-1\n" + "\n".join(DEVICES) + "\n")
+    gw = start_gateway(broker, state, devices_file)
+    try:
+        wait(lambda: status(state).get("subscribed"), "the gateway to subscribe")
+    except AssertionError:
+        gw.kill()
+        gw.wait()
+        raise
+    return state, devices_file, gw
+
+
+def connected_publisher(broker) -> mqtt.Client:  # noqa: ANN001
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-fleet")
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    return pub
+
+
 def status(state: Path) -> dict:
     try:
         return json.loads((state / "status.json").read_text())
@@ -63,17 +86,9 @@ def batch(device: str, b: int) -> bytes:
 
 
 def test_kill_9_mid_stream_loses_nothing_acknowledged(mosquitto, tmp_path: Path) -> None:  # noqa: ANN001
-    state = tmp_path / "gw-1"
-    state.mkdir()
-    devices_file = tmp_path / "devices.txt"
-    devices_file.write_text("# provisioned to gw-1\n" + "\n".join(DEVICES) + "\n")
-    gw = start_gateway(mosquitto, state, devices_file)
+    state, devices_file, gw = subscribed_gateway(mosquitto, tmp_path)
     try:
-        wait(lambda: status(state).get("subscribed"), "the gateway to subscribe")
-
-        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-fleet")
-        pub.connect(mosquitto.host, mosquitto.port)
-        pub.loop_start()
+        pub = connected_publisher(mosquitto)
         accepted = {d: 0 for d in DEVICES}  # readings the broker acknowledged to the publisher
 
         def publish_all() -> None:
@@ -129,16 +144,9 @@ def test_kill_9_mid_stream_loses_nothing_acknowledged(mosquitto, tmp_path: Path)
 
 
 def test_a_running_gateways_status_file_is_the_typed_document(mosquitto, tmp_path: Path) -> None:  # noqa: ANN001
-    state = tmp_path / "gw-1"
-    state.mkdir()
-    devices_file = tmp_path / "devices.txt"
-    devices_file.write_text("\n".join(DEVICES) + "\n")
-    gw = start_gateway(mosquitto, state, devices_file)
+    state, _devices_file, gw = subscribed_gateway(mosquitto, tmp_path)
     try:
-        wait(lambda: status(state).get("subscribed"), "the gateway to subscribe")
-        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-fleet")
-        pub.connect(mosquitto.host, mosquitto.port)
-        pub.loop_start()
+        pub = connected_publisher(mosquitto)
         for b in range(3):
             pub.publish(readings_topic("gw-1", DEVICES[0]), batch(DEVICES[0], b), qos=1).wait_for_publish(10)
         pub.publish(readings_topic("gw-1", DEVICES[1]), b"\x00garbage", qos=1).wait_for_publish(10)
