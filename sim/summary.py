@@ -99,7 +99,7 @@ class Cohort(Part):
 class FaultEvent(Part):
     t: float  # simulated hours since `sim_start`
     kind: str
-    target: str
+    target: str | None  # None: the fault has no one target (a broker outage)
     detail: str
 
 

@@ -61,9 +61,11 @@ def test_a_malformed_summary_is_refused_naming_the_field(tmp_path: Path, mutate,
 def test_write_summary_writes_the_document_and_the_report_reads_it(tmp_path: Path) -> None:
     doc = json.loads((DATA / "report_summary.json").read_text())
     doc["rounds"][0]["rmse30"] = np.float32(19.5)  # the replay's scores are numpy scalars
+    doc["faults"] = [{"t": 1.5, "kind": "broker_outage", "target": None, "detail": "start: 60 s"}]  # no one target
     run = write_summary(doc, tmp_path)
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["rounds"][0]["rmse30"] == 19.5 and load_summary(tmp_path / "summary.json") == run
+    assert written["faults"] == doc["faults"]
     assert "wearfed report: demo" in write_report(run, tmp_path).read_text()
     assert _exit_code(written) == 0  # every round gave a model, nothing lost (the CLI reads through the model too)
     written["readings"]["lost"] = 1
