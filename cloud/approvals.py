@@ -20,6 +20,7 @@ from cloud.errors import BadRequest, Conflict, Forbidden, NotFound
 from cloud.governance_db import PendingAction
 from cloud.intrusion import Intrusion
 from cloud.participants import Participants
+from cloud.regions import Regions
 from cloud.store import Store, aware
 from federation.responses import ApprovalView
 
@@ -46,8 +47,10 @@ class Approvals:
             "participant.halt": self._halt,
             "participant.resume": self._resume,
             "intrusion.lift": self._lift,
+            "region.reinstate": self._reinstate,
         }
         self.intrusion: Intrusion | None = None  # set by cloud.assembly
+        self.regions: Regions | None = None  # set by cloud.assembly
 
     def request(self, p: Principal, action: str, params: dict, *, check: Callable[[Session], None] | None = None,
                 secret: dict | None = None) -> ApprovalView:
@@ -145,6 +148,11 @@ class Approvals:
         assert self.intrusion is not None
         return self.intrusion.lift(s, int(params["lock"]), requested_by=row.requested_by,
                                    approved_by=str(row.decided_by or ""), reason=params["reason"], approval=row.id)
+
+    def _reinstate(self, s: Session, params: dict, row: PendingAction) -> dict:
+        assert self.regions is not None
+        return self.regions.reinstate(s, params["region"], requested_by=row.requested_by,
+                                      approved_by=str(row.decided_by or ""), reason=params["reason"], approval=row.id)
 
     def _resume(self, s: Session, params: dict, row: PendingAction) -> dict:
         p = self.participants.require(s, params["participant"])

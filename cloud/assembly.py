@@ -182,14 +182,15 @@ def assemble(settings: CloudSettings) -> Cloud:
     approvals = Approvals(store, participants)
     approvals.intrusion = intrusion
     submissions = Submissions(store, participants, rounds, keys, secagg, intrusion)
+    regions = Regions(store, participants, rounds, keys, submissions, audit_rate=settings.region_audit_rate)
+    approvals.regions = regions
     cloud = Cloud(store=store, access=access, participants=participants,
                   approvals=approvals, registry=registry, keys=keys,
                   evaluations=evaluations, drift=drift, consent=ConsentLedger(store, participants),
                   aggregation=aggregation, rounds=rounds, secagg=secagg,
                   secagg_messages=SecAggMessages(store, participants, secagg),
                   submissions=submissions,
-                  regions=Regions(store, participants, rounds, keys, submissions,
-                                  audit_rate=settings.region_audit_rate),
+                  regions=regions,
                   gatekeeper=gatekeeper, promotion=promotion, ledgers=Ledgers(store, participants, log=log),
                   releases=releases, log=log, explainer=explainer, intrusion=intrusion,
                   intrusion_reports=IntrusionReports(store, participants),

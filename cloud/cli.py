@@ -109,10 +109,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     gates.add_argument("--gates", type=Path, default=None, help="the file (default: the shipped defaults)")
     gates.set_defaults(func=_check_gates)
 
-    from cloud import custody_cli, model_cli
+    from cloud import custody_cli, model_cli, region_admin_cli
 
     custody_cli.register(cloud_sub, sub)
     model_cli.register(sub)
+    region_admin_cli.register(cloud_sub)
 
 
 

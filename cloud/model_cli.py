@@ -18,15 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     model = sub.add_parser("model", help="the cloud's model registry: list, show, model cards, rollback")
     model_sub = model.add_subparsers(dest="model_cmd", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--url", default=os.environ.get("WEARFED_CLOUD_URL", "http://127.0.0.1:8080"),
-                       help="the cloud (env WEARFED_CLOUD_URL)")
-        p.add_argument("--token", default=os.environ.get("WEARFED_TOKEN"),
-                       help="your bearer token (env WEARFED_TOKEN)")
-        p.add_argument("--ca-file", type=Path, default=os.environ.get("WEARFED_CA_FILE"),
-                       help="PEM CA bundle the cloud's https certificate is checked against (env WEARFED_CA_FILE; "
-                            "default: the system's CAs)")
-
+    common = staff_flags
     ls = model_sub.add_parser("list", help="every version with its status")
     common(ls)
     ls.set_defaults(func=_list)
@@ -58,7 +50,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=_evaluate)
 
 
-def _call(args: argparse.Namespace, method: str, path: str, **kwargs: object):  # noqa: ANN202 - httpx.Response
+def staff_flags(p: argparse.ArgumentParser) -> None:
+    """--url, --token and --ca-file: a staff command's way to the cloud (also `cloud.region_admin_cli`)."""
+    p.add_argument("--url", default=os.environ.get("WEARFED_CLOUD_URL", "http://127.0.0.1:8080"),
+                   help="the cloud (env WEARFED_CLOUD_URL)")
+    p.add_argument("--token", default=os.environ.get("WEARFED_TOKEN"),
+                   help="your bearer token (env WEARFED_TOKEN)")
+    p.add_argument("--ca-file", type=Path, default=os.environ.get("WEARFED_CA_FILE"),
+                   help="PEM CA bundle the cloud's https certificate is checked against (env WEARFED_CA_FILE; "
+                        "default: the system's CAs)")
+
+
+def call(args: argparse.Namespace, method: str, path: str, **kwargs: object):  # noqa: ANN202 - httpx.Response
+    """One request with the caller's bearer token; None (the reason on stderr) when refused or unreachable."""
     import httpx
 
     from federation.tls import tls_context
@@ -81,7 +85,7 @@ def _call(args: argparse.Namespace, method: str, path: str, **kwargs: object):  
 
 
 def _list(args: argparse.Namespace) -> int:
-    resp = _call(args, "GET", "/v1/models")
+    resp = call(args, "GET", "/v1/models")
     if resp is None:
         return 2
     print(f"{'version':>7}  {'status':<12} {'round':>5}  {'replaced':>8}  participants")
@@ -93,8 +97,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    model = _call(args, "GET", f"/v1/models/{args.version}")
-    evals = _call(args, "GET", f"/v1/models/{args.version}/evaluations") if model is not None else None
+    model = call(args, "GET", f"/v1/models/{args.version}")
+    evals = call(args, "GET", f"/v1/models/{args.version}/evaluations") if model is not None else None
     if evals is None:
         return 2
     doc = {k: v for k, v in model.json().items() if k != "weights"}
@@ -104,7 +108,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _card(args: argparse.Namespace) -> int:
-    resp = _call(args, "GET", f"/v1/models/{args.version}/card", params={"format": args.format})
+    resp = call(args, "GET", f"/v1/models/{args.version}/card", params={"format": args.format})
     if resp is None:
         return 2
     text = resp.text if args.format == "md" else json.dumps(resp.json(), indent=1) + "\n"
@@ -117,7 +121,7 @@ def _card(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    resp = _call(args, "POST", "/v1/models/rollback", json={"reason": args.reason})
+    resp = call(args, "POST", "/v1/models/rollback", json={"reason": args.reason})
     if resp is None:
         return 2
     out = resp.json()
@@ -153,7 +157,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         except (ValueError, KeyError, TypeError) as exc:
             raise SchemaError(f"--model {args.model}: not the JSON of GET /v1/models/N ({exc})") from exc
     else:
-        resp = _call(args, "GET", f"/v1/models/{args.version}")
+        resp = call(args, "GET", f"/v1/models/{args.version}")
         if resp is None:
             return 2
         model = resp.json()
@@ -166,7 +170,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if model.get("round") is None:
         print(f"wearfed: error: v{model.get('version')} came from no round: nothing to post to", file=sys.stderr)
         return 2
-    if _call(args, "POST", f"/v1/rounds/{model['round']}/metrics", json={"metrics": scores}) is None:
+    if call(args, "POST", f"/v1/rounds/{model['round']}/metrics", json={"metrics": scores}) is None:
         return 2
     print(f"posted as the held-out metrics of round {model['round']}")
     return 0

@@ -7,10 +7,10 @@ duties: the opener of a round may not promote it; promotion needs a compliance a
 `cloud.promotion`, on top of this table.
 
 Two-person rules (`TWO_PERSON`, carried out by `cloud.approvals`): creating a user, issuing an enrollment token,
-changing a privacy cap, halting or resuming a participant, and lifting an intrusion lock are requested by one user
-and take effect only when a different user holding an approver role approves. So no single person, an admin
-included, can add a participant or a staff identity they control, silence a participant's privacy limit, or free
-what intrusion response contained, alone.
+changing a privacy cap, halting or resuming a participant, lifting an intrusion lock and reinstating a region
+suspended after a failed audit are requested by one user and take effect only when a different user holding an
+approver role approves. So no single person, an admin included, can add a participant or a staff identity they
+control, silence a participant's privacy limit, or free what intrusion response or an audit contained, alone.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "alerts.read": frozenset({"auditor", "compliance_officer"}),
     "intrusion.read": frozenset({"auditor", "compliance_officer"}),  # locks, quarantine (cloud/intrusion.py)
     "intrusion.lift": frozenset({"compliance_officer"}),
+    # region relays (cloud/regions.py): the staff list, and a request to lift a suspension after a failed audit
+    "region.read": frozenset({"admin", "operator", "compliance_officer", "auditor"}),
+    "region.reinstate": frozenset({"admin", "compliance_officer"}),
     "custodian.unseal": frozenset({"admin", "compliance_officer"}),
     # the dashboard (cloud/api/dashboard.py): its page is public, its data comes from the routes above; these are
     # its own routes: who I am and what I may do, the change feed (filtered per role), verifying the ledger
@@ -71,6 +74,7 @@ TWO_PERSON: dict[str, frozenset[str]] = {
     "participant.halt": frozenset({"admin", "compliance_officer"}),
     "participant.resume": frozenset({"admin", "compliance_officer"}),
     "intrusion.lift": frozenset({"admin", "compliance_officer"}),  # requested by a compliance officer only
+    "region.reinstate": frozenset({"compliance_officer"}),  # a suspended region's aggregates are taken again
 }
 
 

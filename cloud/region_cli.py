@@ -28,6 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="forward a batch this many seconds after its oldest submission")
     serve.add_argument("--ckks-key-id", default=None, help="the federation's CKKS key id to pin (from provisioning)")
     serve.add_argument("--ca-file", type=Path, default=None, help="the cloud's CA bundle (https)")
+    serve.add_argument("--tls-cert", type=Path, default=None,
+                       help="serve https to the participants with this PEM certificate (chain); with --tls-key")
+    serve.add_argument("--tls-key", type=Path, default=None,
+                       help="its PEM private key (if encrypted: password in env WEARFED_TLS_KEY_PASSWORD)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8090)
     serve.add_argument("--log-level", default="info")
@@ -45,6 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
     from federation.logs import setup_logging
 
     setup_logging(args.log_level, name="region")
+    tls = tls_options(args.tls_cert, args.tls_key)
     members = None
     if args.members is not None:
         members = frozenset(m.strip() for m in args.members.split(",") if m.strip())
@@ -55,5 +60,18 @@ def _serve(args: argparse.Namespace) -> int:
                       expected_key_id=args.ckks_key_id, ca_file=args.ca_file)
     asyncio.run(preflight(cfg))
     uvicorn.run(create_app(cfg), host=args.host, port=args.port, log_level=args.log_level, log_config=None,
-                timeout_graceful_shutdown=10)
+                timeout_graceful_shutdown=10, **tls)
     return 0
+
+
+def tls_options(cert: Path | None, key: Path | None) -> dict:
+    """uvicorn's ssl options for `--tls-cert/--tls-key` (both or neither; files that exist), as `cloud serve`."""
+    if (cert is None) != (key is None):
+        raise SystemExit("wearfed: error: --tls-cert and --tls-key go together")
+    if cert is None or key is None:
+        return {}
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if not path.is_file():
+            raise SystemExit(f"wearfed: error: {flag} {path}: no such file")
+    return {"ssl_certfile": str(cert), "ssl_keyfile": str(key),
+            "ssl_keyfile_password": os.environ.get("WEARFED_TLS_KEY_PASSWORD")}

@@ -1,7 +1,9 @@
 """Region relays' identity at the cloud (`federation.region`): enrollment with a one-time token issued for kind
 region (the region's Ed25519 key is pinned like a participant's), the region's signed reads, and the check that a
-statement is signed by its enrolled, unsuspended key. Every refusal of a region's request is an audit entry with its
-reason (401s included: a region is a known party, its bad signatures are evidence, not noise).
+statement is signed by its enrolled, unsuspended key; for staff, the list of regions and lifting a suspension
+(two-person rule: `reinstate`, in the transaction that approves it in `cloud.approvals`). Every refusal of a
+region's request is an audit entry with its reason (401s included: a region is a known party, its bad signatures
+are evidence, not noise).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from cloud import rbac
 from cloud.db import Participant, Region
-from cloud.errors import CloudError, Conflict, Forbidden, Unauthorized
+from cloud.errors import CloudError, Conflict, Forbidden, NotFound, Unauthorized
 from cloud.participants import Participants, check_signed_read, raw_ed25519_key
 from cloud.store import Store
 from federation import region, request_auth
@@ -95,3 +97,28 @@ class RegionIdentity:
         if r.suspended:
             raise Forbidden(f"region {region_id} is suspended: {r.suspended}")
         return r
+
+    # -- staff: the list, and lifting a suspension (two-person rule) ------------------------------------------
+    def list(self) -> list[dict]:
+        with self.store.read() as s:
+            return [{"id": r.id, "public_key": r.public_key, "enrolled_at": r.enrolled_at.isoformat(),
+                     "suspended": r.suspended} for r in s.scalars(select(Region).order_by(Region.id))]
+
+    @staticmethod
+    def suspended(s: Session, region_id: str) -> Region:
+        """The region, if enrolled and suspended (what a reinstatement request and its approval both check)."""
+        r = s.get(Region, region_id)
+        if r is None:
+            raise NotFound(f"region {region_id} is not enrolled")
+        if not r.suspended:
+            raise Conflict(f"region {region_id} is not suspended")
+        return r
+
+    def reinstate(self, s: Session, region_id: str, *, requested_by: str, approved_by: str, reason: str,
+                  approval: int) -> dict:
+        """Lift a suspension inside the transaction that approves it (`cloud.approvals`); audited with both names."""
+        r = self.suspended(s, region_id)
+        was, r.suspended = r.suspended, None
+        self.store.append(s, "region.reinstated", requested_by, region=region_id, reason=reason, suspended=was,
+                          approved_by=approved_by, approval=approval)
+        return {"region": region_id, "suspended": None, "was": was}

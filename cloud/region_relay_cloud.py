@@ -1,4 +1,5 @@
-"""A region relay's link to the cloud: requests retried on transport errors and 5xx (a 4xx is a `Refused`),
+"""A region relay's link to the cloud: requests retried on transport errors (not a certificate that does not verify)
+and 5xx (a 4xx is a `Refused`),
 enrollment once (the federation's CKKS key and the cloud's keys pinned from the token's binding, `enrolled.json`
 in the state directory), the context checked against the pin, signed reads of the participants' keys, the current
 round (cached for a second), and forwarding a signed aggregate, answering the cloud's audit with every input, signed.
@@ -20,7 +21,7 @@ from federation.errors import ConfigError
 from federation.responses import Enrolled, PublicRound, RegionAck, refusal_detail
 from federation.runtime import Backoff, atomic_write_json
 from federation.signing import load_or_create_key, public_key_b64
-from federation.tls import tls_context
+from federation.tls import certificate_refused, tls_context
 
 RETRY = Backoff(base_s=0.2, cap_s=5.0)
 
@@ -37,8 +38,8 @@ class CloudLink:
         for attempt in range(attempts):
             try:
                 resp = await self.http.request(method, path, **kwargs)
-            except httpx.TransportError:
-                if attempt == attempts - 1:
+            except httpx.TransportError as exc:
+                if attempt == attempts - 1 or certificate_refused(exc):
                     raise
             else:
                 if resp.status_code < 400:

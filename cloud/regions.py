@@ -12,9 +12,11 @@ aggregate parses as masked residues of the model's length. Then, with probabilit
 CSPRNG after the region has committed to its signed statement) the cloud asks for the inputs: the aggregate waits
 in state ``audit`` until the region posts every input it summed, signed; the inputs must be exactly the listed ones,
 each the ciphertext its participant signed, and sum (`federation.ckks.sum_encrypted`) byte for byte to the
-aggregate. A failed audit refuses the aggregate, suspends the region and alerts the compliance officer. Accepting
-stores one update row per member (ciphertext b"", `region` set, its privacy spend) and the aggregate row in one
-audited transaction; the round then closes as for direct submissions.
+aggregate. A failed audit refuses the aggregate, suspends the region and alerts the compliance officer; only the
+two-person rule lifts a suspension (`cloud.region_identity`, `reinstate`: requested by one user, carried out when a
+second, a compliance officer, approves it in `cloud.approvals`; both audited, the row change bound to the log
+entry). Accepting stores one update row per member (ciphertext b"", `region` set, its privacy spend) and the
+aggregate row in one audited transaction; the round then closes as for direct submissions.
 """
 
 from __future__ import annotations
@@ -197,4 +199,3 @@ class Regions(RegionIdentity):
         self.rounds.maybe_close(round_id)
         return RegionAck(status="accepted", duplicate=False, round=round_id, aggregate_sha256=aggregate_sha256,
                          contributors=sorted(contributors))
-

@@ -160,9 +160,11 @@ class ReleaseArtifacts:
                                   tflite_bytes=len(data), max_abs_diff_mgdl=float(info["max_abs_diff_mgdl"]),
                                   calibration=Calibration.from_doc(info["calibration"]).to_doc())
         signed = make_tflite_release(manifest, data, self.registry.release_key)
-        atomic_write_json(self.dir / "signed" / f"{serial}.json", signed)
+        # logged before it is served: no device can hold a release the audit ledger does not show (a crash between
+        # the two leaves a logged serial that is never served; the next change signs a new one)
         self.store.record("release.tflite_signed", "cloud", version=version, serial=serial,
                         sha256=manifest.tflite_sha256, bytes=len(data), max_abs_diff_mgdl=manifest.max_abs_diff_mgdl)
+        atomic_write_json(self.dir / "signed" / f"{serial}.json", signed)
         log.info("release %d: model v%d signed as TFLite (%d B, max |LiteRT - torch| %.3g mg/dL)", serial, version,
                  len(data), manifest.max_abs_diff_mgdl)
         return "signed"

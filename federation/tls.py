@@ -40,6 +40,18 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext | bool:
         raise ConfigError(f"--ca-file {ca_file}: not a PEM CA bundle ({exc})") from exc
 
 
+def certificate_refused(exc: BaseException) -> bool:
+    """True when a connection failed because the server's certificate did not verify (an error no retry heals)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(cur):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 @dataclass(frozen=True)
 class CertificateAuthority:
     key: ec.EllipticCurvePrivateKey

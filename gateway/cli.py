@@ -255,6 +255,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     pool.add_argument("--spec", type=Path, required=True,
                       help="JSON {nodes: [{id, data, state_dir, enroll_token}]}; paths relative to the file")
     pool.add_argument("--training-slots", type=int, default=1, help="nodes that may train at the same time")
+    pool.add_argument("--ray", metavar="auto|ADDRESS", default=None,
+                      help="train each node's rounds as Ray tasks: 'auto' joins a running cluster or starts a local "
+                           "one, or a cluster address; the training windows go to the cluster (keep it inside the "
+                           "hospitals' trust boundary; needs the 'scale' extra; docs/scale.md)")
     _training_flags(pool)
     pool.set_defaults(func=_run_pool)
 
@@ -380,6 +384,19 @@ def _run_pool(args: argparse.Namespace) -> int:
                           enroll_token="", dp=_dp_config(args), **_rng_config(args),
                           ca_file=Path(args.ca_file) if args.ca_file else None, log_key=args.log_key,
                           expected_key_id=args.ckks_key_id, region=args.region, region_url=args.region_url)
-    nodes = build_nodes(load_pool_spec(args.spec), template)
-    asyncio.run(run_pool(nodes, training_slots=args.training_slots))
+    spec = load_pool_spec(args.spec)  # a bad spec fails before Ray starts
+    trainer = None
+    if args.ray:
+        import logging
+
+        from sim.executors import RayExecutor
+
+        trainer = RayExecutor(args.ray)
+        logging.getLogger("gateway.pool").info("pool trains on %s, %d at a time", trainer.name, args.training_slots)
+    try:
+        nodes = build_nodes(spec, template, trainer=trainer)
+        asyncio.run(run_pool(nodes, training_slots=args.training_slots))
+    finally:
+        if trainer is not None:
+            trainer.close()
     return 0

@@ -1,6 +1,7 @@
 """HTTP client to the cloud aggregator: retries on connection errors and 5xx with exponential backoff and full
 jitter (`federation.runtime.Backoff`), `CloudRejected` on 4xx (httpx). Over https the cloud's certificate is checked
-against the system's CAs, or only against `ca_file` (a PEM bundle: the deployment's own CA) when one is given."""
+against the system's CAs, or only against `ca_file` (a PEM bundle: the deployment's own CA) when one is given; a
+certificate that does not verify is refused at once (`httpx.ConnectError`, CERTIFICATE_VERIFY_FAILED), not retried."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import httpx
 
 from federation.responses import refusal_detail
 from federation.runtime import Backoff
-from federation.tls import tls_context
+from federation.tls import certificate_refused, tls_context
 from gateway.errors import CloudRejected
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class CloudClient:
             try:
                 resp = await self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                if attempt == self._attempts:
+                if attempt == self._attempts or certificate_refused(exc):
                     raise
                 log.warning("%s %s failed (%s); retry %d in %.1fs", method, path, exc, attempt, delay)
             else:

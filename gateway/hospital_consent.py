@@ -81,7 +81,7 @@ class HospitalConsent:
                 unknown += 1  # still tombstoned: a later data file with this patient excludes them too
             s = series.get(p)
             n_rows = 0 if s is None else len(s.times) + len(s.insulin_times) + len(s.carb_times)
-            n_windows = 0 if s is None else len(windows_from_series({p: s}))
+            n_windows = 0 if s is None else len(windows_from_series({p: s}, resampled=True))
             gone.add(name)
             rid = secrets.token_hex(16)
             reports.append({"sent": False, "body": {

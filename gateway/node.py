@@ -4,6 +4,8 @@ signed update, or a signed refusal when the round would pass the node's privacy 
 DP-SGD sampling and noise come from the OS CSPRNG (`PrivacyRNG.secure()`); a seed is accepted only in the named
 simulation mode (`privacy_rng="simulation"`, replays and studies), which logs `SIMULATION_LABEL` and says so in the
 node's status. Epsilon is per patient (user-level DP-SGD) unless the window unit is chosen, and labelled so.
+Training runs in a thread of this process, or as a task of a `sim.executors` executor when one is given (`hospital
+pool --ray`: a Ray task with this process's thread counts, the same result for the same seed in simulation mode).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
@@ -31,13 +34,17 @@ from federation.request_auth import ParticipantAuth
 from federation.responses import Enrolled, ModelView, PublicRound
 from federation.runtime import atomic_write_json
 from federation.signing import REFUSAL_DOMAIN, load_or_create_key, public_key_b64, sign
+from federation.tls import certificate_refused
 from federation.windows import Windows
 from federation.wire import PARTICIPANT_ID, DPReport, UpdateEnvelope
 from gateway.cloud_client import CloudClient, CloudRejected
 from gateway.secagg_client import SecAggClient
 from gateway.state import NodeState
-from gateway.trainer import DPConfig, plan_steps, train_dp, units_of
+from gateway.trainer import DPConfig, TrainResult, plan_steps, train_dp, units_of
 from gateway.witness import LogWitness, LogWitnessAlarm
+
+if TYPE_CHECKING:
+    from sim.executors import Executor
 
 log = logging.getLogger(__name__)
 WindowSource = Callable[[float | None], Windows | tuple[np.ndarray, np.ndarray]]
@@ -86,9 +93,11 @@ class NodeConfig:
 
 
 class ParticipantNode:
-    def __init__(self, cfg: NodeConfig, windows: WindowSource, *, on_round: RoundHook | None = None) -> None:
+    def __init__(self, cfg: NodeConfig, windows: WindowSource, *, on_round: RoundHook | None = None,
+                 trainer: Executor | None = None) -> None:
         self.cfg = cfg
         self.windows = windows
+        self.trainer = trainer  # None: train in a thread of this process
         self.on_round = on_round  # sees every polled round view (the gateway relays new models from it)
         self._privacy_cache: tuple[int, dict] | None = None
         self.enrolled = False
@@ -198,7 +207,11 @@ class ParticipantNode:
             with contextlib.suppress(httpx.TransportError):
                 await self.refuse(rnd.round, f"node error: {exc}")
         except httpx.TransportError as exc:  # anything trained is in the outbox; resent next poll
-            log.warning("%s: round %s: cloud unreachable (%s)", self.cfg.participant_id, rnd.round, exc)
+            if certificate_refused(exc):  # the cloud or region relay is not who --ca-file vouches for
+                log.error("%s: round %s: server refused, its certificate does not verify against the CA file (%s)",
+                          self.cfg.participant_id, rnd.round, exc)
+            else:
+                log.warning("%s: round %s: cloud unreachable (%s)", self.cfg.participant_id, rnd.round, exc)
 
     async def run(self, stop: asyncio.Event) -> None:
         if not await self.enroll_until_ready(stop):
@@ -241,8 +254,7 @@ class ParticipantNode:
                                         f"{self.cfg.dp.accountant})")
             return
         base_w = await self.base_weights(rnd.base_model_version)
-        result = await asyncio.to_thread(train_dp, base_w, data, cfg=self.cfg.dp, epochs=rnd.local_epochs,
-                                         rng=self.cfg.round_rng(round_id))
+        result = await self.train(round_id, base_w, data, epochs=rnd.local_epochs)
         round_eps = await asyncio.to_thread(self.epsilon, [step])
         weighted_delta = ckks.weighted_update(result.weights.astype(np.float64) - base_w, result.n_samples)
         blob = await self.secagg.masked_blob(round_id, weighted_delta, self._public_ctx)
@@ -266,6 +278,16 @@ class ParticipantNode:
                  projected, self.cfg.dp.delta, unit, self.cfg.dp.accountant,
                  "" if self.cfg.privacy_rng == SECURE else f" [{PrivacyRNG.simulation(0).label}]")
         await self.flush_outbox()
+
+    async def train(self, round_id: int, base_w: np.ndarray, data: Windows | tuple[np.ndarray, np.ndarray], *,
+                    epochs: int) -> TrainResult:
+        """DP-SGD from `base_w` with the round's privacy randomness: in a thread, or as one task of `self.trainer`."""
+        rng = self.cfg.round_rng(round_id)
+        if self.trainer is None:
+            return await asyncio.to_thread(train_dp, base_w, data, cfg=self.cfg.dp, epochs=epochs, rng=rng)
+        trainer = self.trainer
+        return await asyncio.to_thread(lambda: next(iter(trainer.map(train_dp, [(base_w, data)], cfg=self.cfg.dp,
+                                                                     epochs=epochs, rng=rng))))
 
     async def base_weights(self, version: int) -> np.ndarray:
         """A model version's weights; versions are immutable, so nodes sharing a process fetch each once."""

@@ -3,7 +3,10 @@
 Each node keeps everything a lone `hospital run` has: its own Ed25519 key, state directory, privacy history,
 outbox and enrollment. What the pool shares is the process (one torch import instead of fifty), one poll of
 the cloud's current round per interval instead of one per node, and a small number of training slots, so
-fifty participants on a 2-core machine train one or two at a time instead of thrashing.
+fifty participants on a 2-core machine train one or two at a time instead of thrashing. With `--ray auto|ADDRESS`
+each training is a Ray task instead (`sim.executors.RayExecutor`), so `--training-slots` nodes train at once on the
+cluster's cores: the nodes' training windows then go to the cluster's object store, so use only a cluster inside the
+hospitals' own trust boundary (the scale study's local one, say).
 
 The spec is JSON: ``{"nodes": [{"id": "h-001", "data": "h-001/clinical.csv", "state_dir": "h-001",
 "enroll_token": "..."}, ...]}``; relative paths resolve against the spec's directory. Keep the file private:
@@ -25,6 +28,7 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -38,6 +42,9 @@ from gateway.hospital import check_clinical_data
 from gateway.hospital_consent import HospitalConsent
 from gateway.node import NodeConfig, ParticipantNode
 from gateway.witness import LogWitnessAlarm
+
+if TYPE_CHECKING:
+    from sim.executors import Executor
 
 log = logging.getLogger(__name__)
 STATUS_SECONDS = 2.0
@@ -98,9 +105,10 @@ class ConsentedWindows:
                 "consent_reports_pending": len(self.consent.pending_reports()), "data": str(self.data)}
 
 
-def build_nodes(spec: list[dict], template: NodeConfig) -> list[tuple[ParticipantNode, ConsentedWindows]]:
+def build_nodes(spec: list[dict], template: NodeConfig, *, trainer: Executor | None = None
+                ) -> list[tuple[ParticipantNode, ConsentedWindows]]:
     """One participant node per spec entry, trained on that entry's clinical CSV (read once, here) without the
-    patients withdrawn in its state directory."""
+    patients withdrawn in its state directory; `trainer`: where the nodes' trainings run (None: in this process)."""
     nodes = []
     for entry in spec:
         series = check_clinical_data(entry["data"]).data.series  # refuses a file that gives no window
@@ -109,7 +117,7 @@ def build_nodes(spec: list[dict], template: NodeConfig) -> list[tuple[Participan
                       region_url=entry.get("region_url") or template.region_url)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         source = ConsentedWindows(series, HospitalConsent(cfg.state_dir), entry["data"])
-        nodes.append((ParticipantNode(cfg, source), source))
+        nodes.append((ParticipantNode(cfg, source, trainer=trainer), source))
     return nodes
 
 

@@ -173,7 +173,7 @@ def write_outputs(out: Path, series: dict[str, PatientSeries]) -> dict:
     write_traces(traces, list(series), offsets, arrays["cgm"], insulin=arrays.get("insulin"),
                  carbs=arrays.get("carbs"))
     back = load_clinical_csv(clinical)
-    w = windows_from_series(back)
+    w = windows_from_series(back, resampled=True)  # as `hospital run` builds them: onto the 5-min grid first
     windows = {name: int(np.sum(w.patient == k)) for k, name in enumerate(w.patients)}
     days = math.ceil((int(offsets[-1]) + 1) / 86400)  # whole days from sim_start past the last reading
     readback = {"hospital_loader": {"patients": len(back), "readings": sum(len(s.times) for s in back.values()),

@@ -61,6 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                          "TOML file")
     replay.add_argument("--out", type=Path, required=True)
     replay.add_argument("--broker", choices=("auto", "mosquitto", "amqtt"), default="auto")
+    replay.add_argument("--ray", metavar="auto|ADDRESS", default=None,
+                        help="scale study only: train the pools' nodes of each round as Ray tasks; 'auto' joins a "
+                             "running cluster or starts a local one, or a cluster address (needs the 'scale' extra; "
+                             "docs/scale.md)")
     replay.set_defaults(func=_replay)
 
     cohort = sub.add_parser("cohort", help="virtual-patient cohorts (UVA/Padova T1D model)")
@@ -164,8 +168,11 @@ def _replay(args: argparse.Namespace) -> int:
     from sim.scenario import load_scenario
 
     s = load_scenario(args.scenario)
+    if args.ray and s.scale is None:
+        raise SystemExit(f"--ray applies to the scale study only: scenario {s.scenario.name!r} has no [scale] "
+                         "section")
     if s.scale is not None:
-        summary = run_scale(s, args.out, broker=args.broker)
+        summary = run_scale(s, args.out, broker=args.broker, ray=args.ray)
         return max(_exit_code(run) for run in summary["runs"].values())
     return _exit_code(run_replay(s, args.out, broker=args.broker))
 

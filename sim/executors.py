@@ -6,6 +6,9 @@ all before it are done (so a sweep can still write its rows after every setting)
 ``ray.init`` starts a local one; any other value is a cluster address (``ray://host:10001`` or ``host:6379``).
 Shared inputs (cohorts, held-out sets) go to the object store once with `ray.put`.
 
+The scale study (`wearfed replay SCALE --ray`) starts or joins Ray once in the driver and hands its address to
+the hospital pool processes, whose nodes train each round as one task each (`gateway.node.ParticipantNode.train`).
+
 Results are the same as in-process for the same seed in simulation mode: each task runs the same function on the
 same arguments with the driver's thread counts: Ray starts workers with OMP_NUM_THREADS=1, and a different thread
 count changes the order of floating-point reductions in torch and the BLAS, hence the trained weights (measured:
@@ -71,7 +74,8 @@ class RayExecutor:
                     ray.init(address=address, log_to_driver=False)
                 except ConnectionError as exc:
                     raise ConfigError(f"--ray {address}: no Ray cluster there ({exc})") from exc
-        self.name = f"ray ({ray.get_runtime_context().gcs_address})"
+        self.address = ray.get_runtime_context().gcs_address  # what other processes join (`--ray ADDRESS`)
+        self.name = f"ray ({self.address})"
 
     def map(self, fn: Callable[..., Any], items: Iterable[tuple], **shared: Any) -> Iterator[Any]:
         ray = self._ray

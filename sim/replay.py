@@ -167,6 +167,7 @@ class Replay:
     clock: SimClock | None = None
     pool_processes: int = 0  # > 0: hospitals run as nodes inside this many `hospital pool` processes
     regions: int = 0  # > 0: hospitals send their updates through this many region relays (dealt round-robin)
+    ray_address: str | None = None  # pools train their nodes as Ray tasks on this cluster (sim.executors)
     last_weights: np.ndarray | None = None  # the newest model a round produced (the report's Clarke grid)
     last_model: dict = field(default_factory=dict)  # that model's version and round (labels the grids)
     lingering: set[str] = field(default_factory=set)  # gateways whose hub fleets stay up for the release checks
@@ -192,8 +193,8 @@ class Replay:
         self.cloud_args += ["--validation", str(write_validation_set(s, out))]
         compliance_token = secrets.token_urlsafe(24)  # the second person of the two-person rules
         self.cloud_env = {"WEARFED_ADMIN_TOKEN": admin_token, "WEARFED_COMPLIANCE_TOKEN": compliance_token}
-        if not inference_gateways(s):  # no device runs a model: no TFLite export competing for the CPU
-            self.cloud_env["WEARFED_TFLITE_EXPORT"] = "off"
+        # TFLite releases only where a device runs the model: no export competing for the CPU otherwise
+        self.cloud_env["WEARFED_TFLITE_EXPORT"] = "on" if inference_gateways(s) else "off"
         self.group.start("cloud", self.cloud_args, env=self.cloud_env)
         wait_for_port("127.0.0.1", self.cloud_port, timeout=60)
         health = httpx.get(f"{self.cloud_url}/healthz").json()
@@ -310,8 +311,9 @@ class Replay:
                      for h in members]
             spec.touch(mode=0o600)
             spec.write_text(json.dumps({"nodes": nodes}, indent=1))
+            ray = ["--ray", self.ray_address, "--training-slots", str(len(members))] if self.ray_address else []
             self.group.start(f"hospital-pool-{k}", ["hospital", "pool", "--spec", str(spec),
-                                                    "--cloud-url", self.cloud_url, *node_flags])
+                                                    "--cloud-url", self.cloud_url, *node_flags, *ray])
 
     def _approved(self, request: httpx.Response, staff: dict[str, httpx.Client] | None = None) -> dict:
         """An admin's two-person request, approved by the compliance officer; its one-time secret."""
@@ -538,14 +540,16 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
 
 
 def run_replay(s: Scenario, out: Path, *, broker: str = "auto", pool_processes: int = 0, regions: int = 0,
-               keep_open: bool = False) -> dict:
-    """Replay `s` into `out`; with `keep_open`, the federation stays up after the last round until Ctrl-C."""
+               keep_open: bool = False, ray_address: str | None = None) -> dict:
+    """Replay `s` into `out`; with `keep_open`, the federation stays up after the last round until Ctrl-C; with
+    `ray_address` (and `pool_processes`), the pools' node trainings run as tasks on that Ray cluster."""
     t_start = time.time()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     out = prepare_run_dir(out)
     (out / "scenario.json").write_text(s.model_dump_json(indent=2))
-    replay = Replay(s, out, broker_pref=broker, pool_processes=pool_processes, regions=regions)
+    replay = Replay(s, out, broker_pref=broker, pool_processes=pool_processes, regions=regions,
+                    ray_address=ray_address)
     heldout = heldout_set(source=s.cohort.source, patients=s.cohort.heldout_patients, days=s.cohort.heldout_days,
                           seed=s.scenario.seed, sensor=s.cohort.sensor)
     span = s.scenario.days * 86400

@@ -6,6 +6,11 @@ and what grows with the count is the per-participant cost: accounting, encryptio
 the cloud's checks and ciphertext sum. Round time is wall time from the round's opening to a new model version
 (collection, aggregation, decryption), the median over the scenario's rounds. Each count is a full replay in
 `DIR/n<count>/`; `DIR/summary.json` is the largest count's summary plus `scale` and per-count `runs`.
+
+With `ray` (`wearfed replay SCALE --ray auto|ADDRESS`) the study starts or joins Ray once (`sim.executors`) and
+the pool processes train their nodes of each round as Ray tasks on it, every node of a pool at once; the trained
+updates are the same as in-process for the same seed (simulation mode, the driver's thread counts: see
+`sim.executors`). `scale["node_training"]` says where they ran.
 """
 
 from __future__ import annotations
@@ -25,9 +30,22 @@ def round_seconds(summary: dict) -> float | None:
     return round(statistics.median(times), 2) if times else None
 
 
-def run_scale(s: Scenario, out: Path, *, broker: str = "auto") -> dict:
+def run_scale(s: Scenario, out: Path, *, broker: str = "auto", ray: str | None = None) -> dict:
     if s.scale is None:
         raise ValueError(f"scenario {s.scenario.name!r} has no [scale] section")
+    if not ray:
+        return _run_scale(s, out, broker=broker, ray_address=None, where="in-process")
+    from sim.executors import RayExecutor
+
+    ex = RayExecutor(ray)
+    try:
+        return _run_scale(s, out, broker=broker, ray_address=ex.address, where=ex.name)
+    finally:
+        ex.close()
+
+
+def _run_scale(s: Scenario, out: Path, *, broker: str, ray_address: str | None, where: str) -> dict:
+    assert s.scale is not None
     t_start = time.time()
     out = prepare_run_dir(out)
     (out / "scenario.json").write_text(s.model_dump_json(indent=2))
@@ -35,16 +53,18 @@ def run_scale(s: Scenario, out: Path, *, broker: str = "auto") -> dict:
     regional: dict[int, dict] = {}
     regions = s.scale.regions
     for n in s.scale.participants:
-        runs[n] = run_replay(at_scale(s, n), out / f"n{n}", broker=broker, pool_processes=s.scale.pool_processes)
+        runs[n] = run_replay(at_scale(s, n), out / f"n{n}", broker=broker, pool_processes=s.scale.pool_processes,
+                             ray_address=ray_address)
         if regions:
             regional[n] = run_replay(at_scale(s, n), out / f"n{n}-regions{regions}", broker=broker,
-                                     pool_processes=s.scale.pool_processes, regions=regions)
+                                     pool_processes=s.scale.pool_processes, regions=regions, ray_address=ray_address)
     low, high = min(runs), max(runs)
     scale = _ratio(runs, low, high, "")
     if regions:
         scale.update(_ratio(regional, low, high, "_regions"), regions=regions)
     scale["participants"] = sorted(runs)
     scale["patients"] = s.scale.patients
+    scale["node_training"] = where
     every = {str(n): r for n, r in sorted(runs.items())} | {f"{n}-regions{regions}": r for n, r in regional.items()}
     summary = {**runs[high], "scenario": s.scenario.name, "scale": scale,
                "runs": {key: {"rounds": r["rounds"], "wall_seconds": r["wall_seconds"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 import uuid
@@ -18,6 +19,45 @@ ADMIN_TOKEN = "test-admin-token"
 COMPLIANCE_TOKEN = "test-compliance-token"  # the bootstrapped second person of the two-person rules
 ENROLL_TOKEN = "test-enroll-token"
 POSTGRES_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+
+# PostgreSQL twins of long tests whose subject is not the database: the same scenario runs on SQLite in the default
+# suite, and on PostgreSQL with `-m slow` (what is PostgreSQL's own, pools, replicas, advisory locks, crash recovery,
+# custody, stays in the default suite). Each entry is a test function name; its [postgres...] variants become slow.
+POSTGRES_TWINS_SLOW = {
+    "test_every_single_row_insert_update_delete_is_named",  # 150 s: every column of every row, each verified
+    "test_retention_deletes_old_rows_and_audits_counts",
+    "test_withdrawal_mid_stream_purges_everything_and_is_audited",
+    "test_real_cloud_export_reaches_a_device_through_the_relay",
+    "test_promotion_exports_and_signs_and_rollback_serves_the_previous_model",
+    "test_a_restarted_cloud_serves_what_it_signed_and_resumes_an_unsigned_head",
+    "test_disagreement_refuses_the_release_and_is_audited",
+    "test_a_burst_of_acl_denials_revokes_the_device_and_alerts_the_cloud",
+    "test_patient_withdrawal_excludes_and_is_audited",
+    "test_round_with_a_node_at_its_privacy_cap",
+    "test_a_round_through_two_region_relays_and_one_direct_participant_equals_fedavg",
+    "test_integers_past_the_database_range_never_give_500",
+    "test_accuracy_gate_blocks_a_regression_and_rollback_is_one_step",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A promotion, or a relay's first ask, starts the cloud's TFLite export child (litert-torch, tens of seconds of
+    # CPU) that competes with the other test worker. Clouds in tests, in-process or subprocesses, export only where
+    # a test asks for it (the `tflite_export` fixture; replays whose devices run a model set it themselves).
+    os.environ.setdefault("WEARFED_TFLITE_EXPORT", "off")  # cloud.releases.EXPORT_ENV
+
+
+@pytest.fixture
+def tflite_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clouds started by this test export and sign TFLite releases (off elsewhere in the suite)."""
+    monkeypatch.setenv("WEARFED_TFLITE_EXPORT", "on")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if item.originalname in POSTGRES_TWINS_SLOW and callspec and "postgres" in callspec.id.split("-"):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
@@ -127,8 +167,6 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-
 def start_chromium(profile: Path, *, width: int = 1440, height: int = 1800):  # noqa: ANN201 - a Selenium WebDriver
     """Debian's Chromium under Selenium with Debian's chromedriver, a fresh profile, nothing downloaded: with the
     driver's path given, Selenium Manager is never run (and SE_OFFLINE forbids it any network)."""
-    import os
-
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

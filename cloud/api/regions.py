@@ -1,15 +1,17 @@
 """Region relays (hierarchical aggregation, `cloud.regions`): enrollment with a one-time token, the region's signed
-read of the participants' keys, its signed aggregates and its answers to audits. Bodies are read raw so their size
-is bounded before parsing (`cloud.body_limits.BODY_LIMITS`)."""
+read of the participants' keys, its signed aggregates and its answers to audits (bodies read raw so their size is
+bounded before parsing, `cloud.body_limits.BODY_LIMITS`); for staff, the list of regions and a request to reinstate a
+suspended one (two-person rule)."""
 
 import asyncio
 
 from fastapi import APIRouter, Header, Path, Request
+from pydantic import BaseModel, Field
 
-from cloud.api.deps import CloudDep, Id, ParticipantId, errors
+from cloud.api.deps import STAFF, CloudDep, Id, ParticipantId, Staff, errors
 from cloud.errors import TooLarge
 from federation.limits import MAX_REGION_AGGREGATE_BYTES, MAX_REGION_INPUTS_BYTES
-from federation.responses import Enrolled, RegionAck
+from federation.responses import ApprovalView, Enrolled, RegionAck
 from federation.wire import RegionAggregate, RegionEnrollment, RegionInputs
 
 router = APIRouter(tags=["regions"])
@@ -53,3 +55,23 @@ async def audit_inputs(round_id: Id, request: Request, cloud: CloudDep,
     body = await _body(request, MAX_REGION_INPUTS_BYTES)
     inputs = RegionInputs.model_validate_json(body)
     return await asyncio.to_thread(cloud.regions.answer_audit, round_id, sha256, inputs, body_bytes=len(body))
+
+
+class ReinstateRequest(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+@router.get("/v1/regions", tags=["governance"], responses=errors(*STAFF))
+def regions(cloud: CloudDep, _: Staff("region.read")) -> list[dict]:
+    """Every enrolled region: its key, when it enrolled, and why it is suspended (null: not suspended)."""
+    return cloud.regions.list()
+
+
+@router.post("/v1/regions/{region_id}/reinstate", status_code=202, tags=["governance"],
+             responses=errors(*STAFF, 404, 409))
+def reinstate(region_id: ParticipantId, req: ReinstateRequest, cloud: CloudDep,
+              p: Staff("region.reinstate")) -> ApprovalView:
+    """Request lifting a region's suspension (after a failed audit) once investigated: its aggregates are taken
+    again when a second person, a compliance officer, approves (`POST /v1/approvals/{id}/approve`)."""
+    return cloud.approvals.request(p, "region.reinstate", {"region": region_id, "reason": req.reason},
+                                   check=lambda s: cloud.regions.suspended(s, region_id))

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from federation import ckks, region
 from federation.signing import public_key_b64
+from federation.tls import ServerFiles, tls_context
 from tests.cloud.participants import issue_token
 from tests.conftest import free_port
 
@@ -44,19 +45,23 @@ def wearfed(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 @contextlib.contextmanager
 def relay_process(tmp: Path, http: httpx.Client, cloud_url: str, region_id: str, *, members: list[str] | None = None,
-                  flush_after: float = 30.0, port: int | None = None) -> Iterator[SimpleNamespace]:
+                  flush_after: float = 30.0, port: int | None = None,
+                  tls: ServerFiles | None = None) -> Iterator[SimpleNamespace]:
     """A real `wearfed region serve` process (enrolled with a fresh token at its first start); yields its `url` and
-    `proc`."""
+    `proc`. With `tls`: it serves https with that certificate (checked here against that CA)."""
     port = port or free_port()
     args = ["region", "serve", "--id", region_id, "--cloud", cloud_url, "--state-dir", str(tmp / region_id),
             "--enroll-token", region_token(http, region_id), "--port", str(port), "--flush-after", str(flush_after),
             "--log-level", "warning"]
     if members:
         args += ["--members", ",".join(members)]
+    if tls is not None:
+        args += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
     log = (tmp / f"{region_id}.log").open("a")
     proc = subprocess.Popen([sys.executable, "-m", "federation.cli", *args], stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    verify = tls_context(tls.ca) if tls else True
     try:
         deadline = time.time() + 60
         while True:
@@ -64,7 +69,7 @@ def relay_process(tmp: Path, http: httpx.Client, cloud_url: str, region_id: str,
                 raise AssertionError(f"relay {region_id} exited {proc.returncode}: "
                                      f"{(tmp / f'{region_id}.log').read_text()}")
             with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/healthz").json().get("status") == "ok":
+                if httpx.get(f"{url}/healthz", verify=verify).json().get("status") == "ok":
                     break
             if time.time() > deadline:
                 raise AssertionError(f"relay {region_id} did not start")

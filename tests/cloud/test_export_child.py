@@ -13,6 +13,8 @@ import pytest
 from sim.broker import free_port, wait_for_port
 from sim.processes import wait_until
 
+pytestmark = pytest.mark.usefixtures("tflite_export")  # clouds here export (off elsewhere in the suite)
+
 
 def _children(pid: int) -> set[int]:
     kids = set()

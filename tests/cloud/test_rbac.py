@@ -39,6 +39,9 @@ HAND_WRITTEN = {
     "alerts.read": {"auditor", "compliance_officer"},
     "intrusion.read": {"auditor", "compliance_officer"},
     "intrusion.lift": {"compliance_officer"},
+    # scale-out issue: staff's list of region relays, and a request to reinstate a suspended one (two-person rule)
+    "region.read": {"admin", "operator", "compliance_officer", "auditor"},
+    "region.reinstate": {"admin", "compliance_officer"},
     "custodian.unseal": {"admin", "compliance_officer"},
     # issue 17: the dashboard's own routes, verifying the ledger, and metrics for a scraper's read-only identity
     "dashboard.read": {"admin", "data_scientist", "compliance_officer", "operator", "auditor"},
@@ -99,6 +102,9 @@ ENDPOINTS = [
     # intrusion response (cloud/api/intrusion.py)
     ("GET", "/v1/intrusion", "intrusion.read", None),
     ("POST", "/v1/intrusion/locks/97/lift", "intrusion.lift", lambda: {"reason": "test"}),
+    # region relays (cloud/api/regions.py)
+    ("GET", "/v1/regions", "region.read", None),
+    ("POST", "/v1/regions/r-none/reinstate", "region.reinstate", lambda: {"reason": "test"}),
 ]
 # server-sent events (dashboard.read): checked per role in tests/cloud/test_dashboard_api.py, which reads no further
 # than the first event
@@ -144,6 +150,7 @@ def test_every_route_is_classified(cloud) -> None:  # noqa: ANN001
 def _template(path: str) -> str:
     return (path.replace("/99", "/{round_id}").replace("/98", "/{approval_id}").replace("/gw-none/", "/{pid}/")
             .replace("/proof/0", "/proof/{seq}").replace("/locks/97/", "/locks/{lock_id}/")
+            .replace("/regions/r-none/", "/regions/{region_id}/")
             .replace("/models/0/", "/models/{version}/"))
 
 
@@ -205,6 +212,7 @@ HAND_WRITTEN_APPROVERS = {
     "participant.halt": {"admin", "compliance_officer"},
     "participant.resume": {"admin", "compliance_officer"},
     "intrusion.lift": {"admin", "compliance_officer"},  # issue 18: requested by a compliance officer only
+    "region.reinstate": {"compliance_officer"},  # scale-out issue: requested by an admin or a compliance officer
 }
 
 

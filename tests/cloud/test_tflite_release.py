@@ -17,6 +17,8 @@ from federation.litert import TFLiteForecaster
 from federation.release import verify_tflite_release
 from tests.cloud.participants import ADMIN, FakeNode, create_user, run_round
 
+pytestmark = pytest.mark.usefixtures("tflite_export")  # clouds here export (off elsewhere in the suite)
+
 CURRENT = "/v1/releases/current/tflite"
 
 

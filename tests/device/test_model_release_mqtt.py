@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -76,8 +77,10 @@ def test_fleet_devices_verify_load_refuse_and_alert_over_mosquitto(mosquitto, tm
     traces = tmp_path / "traces.npz"
     write_traces(traces, [FORECASTER, SENSOR], np.arange(len(values)) * 300, np.vstack([values, values]))
     publish(mosquitto, payload(release_doc(KEY, serial=2)))  # what the gateway relay left retained
+    # the hub lingers after its trace (as hubs do) so that every release below reaches it however slowly this
+    # machine publishes them; it is stopped with SIGTERM once it has taken serial 5 and finished its trace
     configs = [DeviceConfig(device_id=d, gateway="gw-1", seed=1, days=0.5, profile=load_profile(p),
-                            trace_file=traces, release_key=public_key_b64(KEY))
+                            trace_file=traces, release_key=public_key_b64(KEY), linger=True)
                for d, p in ((FORECASTER, "pi-zero-2w"), (SENSOR, "dexcom-g7"))]
     # sampling starts 2 s from now (the device connects and loads the retained model first); 120 readings/s
     clock = SimClock(sim_start=SIM_START, wall_start=time.time() + 2.0, accel=36_000)
@@ -91,6 +94,11 @@ def test_fleet_devices_verify_load_refuse_and_alert_over_mosquitto(mosquitto, tm
                     release_doc(Ed25519PrivateKey.generate(), serial=4),  # signed by someone else
                     release_doc(KEY, serial=5)):  # a genuine newer release (same file): accepted
             await asyncio.to_thread(publish, mosquitto, payload(doc))
+        deadline = time.time() + 120
+        while time.time() < deadline and not (stats[FORECASTER].model_serial == 5
+                                               and stats[FORECASTER].state == "done" and stats[SENSOR].done):
+            await asyncio.sleep(0.05)
+        signal.raise_signal(signal.SIGTERM)  # run_fleet's handler: devices stop where they are
 
     stats: dict = {}
     seen: list[bytes] = []  # every status message of the forecaster, live
@@ -112,7 +120,7 @@ def test_fleet_devices_verify_load_refuse_and_alert_over_mosquitto(mosquitto, tm
         watcher.loop_stop()
         watcher.disconnect()
     dev, plain = stats[FORECASTER], stats[SENSOR]
-    assert not dev.errors and not plain.errors and dev.done and plain.done
+    assert not dev.errors and not plain.errors and dev.state == "done" and plain.done
     assert (dev.model_version, dev.model_serial) == (5, 5)
     assert dev.model_refusals == {"tampered": 1, "stale": 1, "bad-signature": 1}
     expected = offline_counts(values)

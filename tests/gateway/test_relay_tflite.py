@@ -79,6 +79,7 @@ def test_relay_publishes_the_verified_artifact_when_it_appears(tflite_cloud, mos
     assert again.relayed_serial == 3  # survives a restart: not published again for nothing
 
 
+@pytest.mark.usefixtures("tflite_export")
 def test_real_cloud_export_reaches_a_device_through_the_relay(cloud, mosquitto, tmp_path: Path) -> None:  # noqa: ANN001
     """The real aggregator exports and signs v0 when first asked; the relay attaches it; a device loads it."""
     relay = ModelRelay("gw-1", tmp_path, host=mosquitto.host, port=mosquitto.port)

@@ -64,8 +64,9 @@ def test_nightscout_entries_and_treatments_become_one_patient(tmp_path: Path, ca
     s = clinical["ann"]
     assert len(s.times) == 276 and len(s.insulin_times) == 19 and len(s.carb_times) == 4
     assert s.insulin_units.sum() == pytest.approx(20.1, abs=0.01) and s.carb_grams.sum() == 190
-    assert len(windows_from_series(clinical).x) > 100
-    assert summary["readback"]["hospital_loader"]["training_windows"]["ann"] == len(windows_from_series(clinical).x)
+    windows = windows_from_series(clinical, resampled=True)  # as `hospital run` builds them
+    assert len(windows.x) > 100
+    assert summary["readback"]["hospital_loader"]["training_windows"]["ann"] == len(windows.x)
     # the device trace reader: readings and treatments at the same UTC times
     (times, cgm), (tt, ins, carbs) = _trace(tmp_path, "ann", o["sim_start"], o["trace_days"])
     assert times.tolist() == s.times.tolist() and np.allclose(cgm, s.glucose, atol=0.05)
@@ -261,3 +262,22 @@ def test_a_scenario_hospital_trains_on_imported_data(tmp_path: Path, capsys: pyt
         toml.write_text(template.format(first=first))
         with pytest.raises(ConfigError, match=message):
             load_scenario(toml)
+
+
+def test_readings_a_few_seconds_off_the_grid_are_counted_as_the_hospital_trains_on_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A real sensor's readings drift seconds off the 5-minute grid: the import counts the windows `hospital run` and
+    `hospital check` build (resampled), not 0 with a warning (what it said before for this file)."""
+    t0 = int(datetime(2026, 11, 20, tzinfo=UTC).timestamp())
+    entries = [{"type": "sgv", "date": (t0 + 300 * k + (7 * k) % 31 - 15) * 1000, "sgv": 110 + (k % 30)}
+               for k in range(72)]  # 6 h, every reading up to 15 s off the grid
+    export = tmp_path / "entries.json"
+    export.write_text(json.dumps(entries))
+    code, out, err = _import(capsys, "nightscout", export, "--out", tmp_path / "out", "--patient", "jit")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "out" / "import-summary.json").read_text())
+    windows = summary["readback"]["hospital_loader"]["training_windows"]["jit"]
+    assert windows > 0 and "gives no training windows" not in out, out
+    check = subprocess.run([sys.executable, "-m", "federation.cli", "hospital", "check", "--data",
+                            str(tmp_path / "out" / "clinical.csv")], capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0 and f"windows (2 h history, +30/+60 min targets): {windows}" in check.stdout, check
