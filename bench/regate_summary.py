@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 from cloud.gates import Candidate, check, failures, load_gates
 from federation.errors import ConfigError
+from sim.summary import load_summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,25 +25,24 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = dataclasses.replace(load_gates(args.gates), lineage_epsilon_max=None, participant_cap=False)
-        rounds = json.loads(args.summary.read_text())["rounds"]
-    except (ConfigError, OSError, ValueError, KeyError) as exc:
+        rounds = load_summary(args.summary).rounds
+    except (ConfigError, OSError, ValueError) as exc:
         print(f"error: {args.summary}: {exc}", file=sys.stderr)
         return 2
     promoted: dict = {}
     promoted_version: int | None = None
     for r in rounds:
-        if not r.get("metrics_by_source"):
+        if not r.metrics_by_source or r.model_version is None:
             continue
-        res = check(cfg, Candidate(version=r["model_version"], metrics=r["metrics_by_source"],
+        res = check(cfg, Candidate(version=r.model_version, metrics=r.metrics_by_source,
                                    promoted_version=promoted_version, promoted_metrics=promoted))
         bad = failures(res)
-        print(f"round {r['round']} v{r['model_version']}: " + ("PASS" if not bad else
-                                                                "; ".join(f.message for f in bad)))
+        print(f"round {r.round} v{r.model_version}: " + ("PASS" if not bad else "; ".join(f.message for f in bad)))
         for x in res:
             if x.message.startswith("fairness"):
                 print(f"    {x.message}")
         if not bad:
-            promoted, promoted_version = r["metrics_by_source"], r["model_version"]
+            promoted, promoted_version = r.metrics_by_source, r.model_version
     return 0
 
 

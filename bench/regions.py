@@ -65,7 +65,7 @@ class Timer:
 def start_cloud(state: Path):  # noqa: ANN201 - (context manager, url, cloud units)
     from cloud.app import CloudSettings, create_app
     from cloud.intrusion import RULES, IntrusionConfig
-    from cloud.ratelimit import Limits
+    from cloud.throttle import Limits
     from tests.conftest import ADMIN_TOKEN, COMPLIANCE_TOKEN, serve_app
 
     settings = CloudSettings(db_url=f"sqlite:///{state / 'cloud.db'}", state_dir=state / "cloud-state",

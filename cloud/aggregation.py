@@ -24,13 +24,14 @@ from sqlalchemy.orm import Session
 
 from cloud import inclusion
 from cloud.custodian import CustodianRefusal, LedgerRegionSum, LedgerUpdate
-from cloud.db import ModelVersion, Participant, PrivacySpend, Region, RegionAggregateRow, Round, Update
+from cloud.db import Participant, Region, RegionAggregateRow, Round, Update
 from cloud.drift_monitor import DriftMonitor
 from cloud.evaluations import EvaluationSources
 from cloud.keys import KeyCustody
 from cloud.lineage import declared_unit
 from cloud.log_proofs import LogProofs
 from cloud.pg_locks import AGGREGATION
+from cloud.record_db import ModelVersion, PrivacySpend
 from cloud.registry import Registry
 from cloud.round_states import transition
 from cloud.store import Store

@@ -43,7 +43,8 @@ from cloud.api.deps import DESCRIPTIONS
 from cloud.assembly import Cloud, CloudSettings, assemble
 from cloud.custodian import INSECURE_LABEL
 from cloud.errors import CloudError
-from cloud.ratelimit import FailureTally, Guard
+from cloud.failure_tally import FailureTally
+from cloud.ratelimit import Guard
 from federation import dp_accounting
 from federation.responses import ErrorBody, Health
 from federation.wire import RegionAggregate, RegionInputs, Submission

@@ -34,9 +34,9 @@ from cloud.approvals import Approvals
 from cloud.audit import AuditLog, LogKeySource
 from cloud.consent import ConsentLedger
 from cloud.custodian import Custodian
-from cloud.db import make_engine, make_sessionmaker
 from cloud.drift import DEFAULT_MIN_READINGS, DEFAULT_MIN_REFERENCE_HOURS, DEFAULT_THRESHOLD, DriftConfig
 from cloud.drift_monitor import DriftMonitor
+from cloud.engine import make_engine, make_sessionmaker
 from cloud.evaluations import EvaluationSources, ValidationSet
 from cloud.explainer import Explainer
 from cloud.gatekeeper import Gatekeeper
@@ -49,8 +49,8 @@ from cloud.ledgers import Ledgers
 from cloud.log_proofs import LogProofs
 from cloud.participants import Participants
 from cloud.promotion import Promotion
-from cloud.ratelimit import Limits
-from cloud.regions import DEFAULT_AUDIT_RATE, Regions
+from cloud.region_audits import DEFAULT_AUDIT_RATE
+from cloud.regions import Regions
 from cloud.registry import Registry
 from cloud.releases import ReleaseArtifacts
 from cloud.rounds import Rounds
@@ -58,6 +58,7 @@ from cloud.secagg import SecureAggregation
 from cloud.secagg_messages import SecAggMessages
 from cloud.store import Store
 from cloud.submissions import Submissions
+from cloud.throttle import Limits
 from cloud.witnesses import Witnesses
 from federation.enrollment import make_binding
 from federation.limits import DEFAULT_MIN_CONTRIBUTORS
@@ -83,7 +84,7 @@ class CloudSettings:
     drift_min_reference_hours: float = DEFAULT_MIN_REFERENCE_HOURS
     warm_exporter: bool = False  # import litert-torch in the export child at start-up (`cloud serve` does)
     log_key: LogKeySource | None = None  # the audit log's signing key; None: state_dir/audit-log-key.pem
-    limits: Limits = Limits()  # rate limits, lockout, failure summaries (cloud/ratelimit.py)
+    limits: Limits = Limits()  # rate limits, lockout, failure summaries (cloud/ratelimit.py, cloud/throttle.py)
     intrusion: IntrusionConfig = IntrusionConfig()  # detection thresholds and DP report policy (cloud/intrusion.py)
     region_audit_rate: float = DEFAULT_AUDIT_RATE  # share of region aggregates whose inputs are audited (cloud.regions)
 

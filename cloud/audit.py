@@ -20,7 +20,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud import state_binding
-from cloud.db import CheckpointRow, Event, Setting, utcnow
+from cloud.db import utcnow
+from cloud.record_db import CheckpointRow, Event, Setting
 from federation.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
 from federation.errors import SchemaError, SignatureError, WearfedError
 from federation.merkle import (

@@ -162,7 +162,7 @@ def _intrusion(args: argparse.Namespace):  # noqa: ANN202 - cloud.intrusion.Intr
 def _limits(args: argparse.Namespace):  # noqa: ANN202 - cloud.ratelimit.Limits
     import dataclasses
 
-    from cloud.ratelimit import Limits
+    from cloud.throttle import Limits
 
     given = {"requests_per_s": args.rate_limit, "burst": args.rate_burst, "auth_failures": args.auth_failures,
              "failure_window_s": args.failure_window_seconds, "summary_window_s": args.failure_summary_seconds,
@@ -186,7 +186,7 @@ def _check_gates(args: argparse.Namespace) -> int:
 def _create_user(args: argparse.Namespace) -> int:
     from cloud.access import create_user_offline
     from cloud.audit import AuditLog
-    from cloud.db import make_engine, make_sessionmaker
+    from cloud.engine import make_engine, make_sessionmaker
     from cloud.errors import CloudError
 
     # Offline: whoever can run this can already write the database and the state directory (the log key).

@@ -216,7 +216,7 @@ def _verify(args: argparse.Namespace) -> int:
     import json
 
     from cloud.audit import LedgerTampered, verify_ledger, verify_witness
-    from cloud.db import make_engine, make_sessionmaker
+    from cloud.engine import make_engine, make_sessionmaker
 
     sessions = make_sessionmaker(make_engine(existing_database(args.db)))
     try:

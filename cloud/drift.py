@@ -21,9 +21,10 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cloud.db import Alert, ModelVersion, Round
+from cloud.db import Round
 from cloud.governance_db import DriftBaseline, DriftReportRow
 from cloud.lineage import lineage
+from cloud.record_db import Alert, ModelVersion
 from federation.drift import N_BINS, check_counts, kl_divergence
 
 DEFAULT_THRESHOLD = 1.5  # nats: above every no-drift window measured (max 1.19), docs/governance.md

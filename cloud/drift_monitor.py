@@ -7,10 +7,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cloud import drift
-from cloud.db import Alert, Round
+from cloud.db import Round
 from cloud.errors import BadRequest, Conflict
 from cloud.governance_db import DriftReportRow
 from cloud.participants import Participants
+from cloud.record_db import Alert
 from cloud.store import Store, aware
 from federation.drift import DRIFT_DOMAIN, DriftReport, check_counts
 from federation.errors import SchemaError

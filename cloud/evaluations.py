@@ -14,10 +14,10 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cloud.db import ModelVersion
 from cloud.errors import BadRequest, Conflict, NotFound
 from cloud.governance_db import Evaluation
 from cloud.participants import Participants
+from cloud.record_db import ModelVersion
 from cloud.registry import Registry
 from cloud.store import Store, aware
 from federation import evaluation

@@ -18,10 +18,10 @@ import threading
 from sqlalchemy import select
 
 from cloud import explanations
-from cloud.db import ModelVersion
 from cloud.errors import NotFound
 from cloud.evaluations import ValidationSet
 from cloud.governance_db import ModelExplanationRow
+from cloud.record_db import ModelVersion
 from cloud.registry import Registry
 from cloud.store import Store
 

@@ -7,12 +7,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cloud import consent, gates, model_card
-from cloud.db import ModelVersion, PrivacySpend, Round
+from cloud.db import Round
 from cloud.errors import NotFound
 from cloud.evaluations import EvaluationSources
 from cloud.explainer import Explainer
 from cloud.governance_db import GateCheck
 from cloud.lineage import lineage
+from cloud.record_db import ModelVersion, PrivacySpend
 from cloud.registry import Registry
 from cloud.store import Store
 

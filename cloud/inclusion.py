@@ -21,8 +21,8 @@ from typing import Protocol
 from sqlalchemy import select
 
 from cloud.audit import entry_bytes, load_public_key
-from cloud.db import Event
 from cloud.log_proofs import LogProofs
+from cloud.record_db import Event
 from cloud.store import Store
 from federation.checkpoint import Checkpoint, verify_checkpoint
 from federation.errors import SchemaError, WearfedError

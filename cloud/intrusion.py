@@ -45,9 +45,10 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cloud.db import Alert, IntrusionLock, Quarantine, Refusal, Round, SecAggRound, Update, User, utcnow
+from cloud.db import Round, SecAggRound, Update, User, utcnow
 from cloud.errors import NotFound
 from cloud.intrusion_config import KEY_KINDS, IntrusionConfig
+from cloud.record_db import Alert, IntrusionLock, Quarantine, Refusal
 from cloud.store import Store, aware
 
 log = logging.getLogger(__name__)

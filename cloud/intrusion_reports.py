@@ -13,10 +13,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from cloud.db import Alert
 from cloud.errors import BadRequest, Conflict
 from cloud.intrusion_db import NodeIntrusionReport
 from cloud.participants import Participants
+from cloud.record_db import Alert
 from cloud.store import Store
 from federation.node_signals import INTRUSION_REPORT_DOMAIN
 from federation.wire import PARTICIPANT_ID

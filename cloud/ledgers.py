@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from cloud.db import Alert, Event, Participant, PrivacySpend
+from cloud.db import Participant
 from cloud.log_proofs import LogProofs
 from cloud.participants import Participants
+from cloud.record_db import Alert, Event, PrivacySpend
 from cloud.store import Store, aware
 from federation.responses import (
     AlertView,

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cloud.db import ModelVersion, PrivacySpend, Round, Update
+from cloud.db import Round, Update
+from cloud.record_db import ModelVersion, PrivacySpend
 from federation import dp_accounting
 
 

@@ -14,8 +14,8 @@ import threading
 from sqlalchemy import select
 
 from cloud.audit import row_bytes
-from cloud.db import CheckpointRow, Event
 from cloud.errors import NotFound
+from cloud.record_db import CheckpointRow, Event
 from cloud.store import Store
 from federation.merkle import MerkleLog
 from federation.responses import CheckpointView

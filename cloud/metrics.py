@@ -30,8 +30,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from cloud.assembly import Cloud
-from cloud.db import Alert, Event, Participant, PrivacySpend, Round, Update
+from cloud.db import Participant, Round, Update
 from cloud.governance_db import DriftReportRow, PendingAction
+from cloud.record_db import Alert, Event, PrivacySpend
 from federation import dp_accounting
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from cloud.db import ModelVersion, Round
+from cloud.db import Round
 from cloud.gates import GateConfig
 from cloud.governance_db import GateCheck
 from cloud.lineage import Lineage
+from cloud.record_db import ModelVersion
 from federation import model as forecaster
 
 SOURCE_NOTES = {

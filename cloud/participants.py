@@ -11,10 +11,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cloud import rbac
-from cloud.db import Alert, EnrollmentToken, Participant, PrivacySpend, utcnow
+from cloud.db import EnrollmentToken, Participant, utcnow
 from cloud.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from cloud.governance_db import PendingAction
 from cloud.intrusion import Intrusion
+from cloud.record_db import Alert, PrivacySpend
 from cloud.store import Store, aware
 from federation import request_auth
 from federation.enrollment import binding_mac

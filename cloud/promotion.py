@@ -10,10 +10,11 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session
 
-from cloud.db import ModelVersion, Round
+from cloud.db import Round
 from cloud.errors import Conflict, Forbidden
 from cloud.evaluations import EvaluationSources
 from cloud.gatekeeper import Gatekeeper
+from cloud.record_db import ModelVersion
 from cloud.registry import Registry
 from cloud.round_states import get_round, round_model, round_view, transition
 from cloud.store import Store

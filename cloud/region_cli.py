@@ -44,7 +44,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from cloud.region_relay import RelayConfig, create_app, preflight
+    from cloud.region_relay_app import create_app, preflight
+    from cloud.region_relay_config import RelayConfig
     from federation.logs import setup_logging
 
     setup_logging(args.log_level, name="region")

@@ -11,69 +11,35 @@ submission is on disk (`<state dir>/inputs/round-<id>/<participant>.json`) befor
 relay forwards what it acknowledged. A batch goes to the cloud once every configured member has submitted, or
 `flush_after_s` after its oldest submission; a participant arriving later goes in a later batch (the cloud takes
 disjoint batches of one region). When the cloud audits a batch, the relay posts every input of it, signed.
+
+This module takes, keeps and batches submissions; the cloud side is `cloud.region_relay_cloud`, the configuration
+`cloud.region_relay_config`, the HTTP server `cloud.region_relay_app`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import logging
 import shutil
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
-from fastapi import FastAPI, HTTPException, Request
 
-from federation import ckks, model, region, request_auth
-from federation.enrollment import check_context, verify_binding
-from federation.errors import ConfigError, SignatureError, WearfedError
-from federation.limits import MAX_UPDATE_BYTES, PARTICIPANT_ID
-from federation.responses import Enrolled, PublicRound, RegionAck, SubmissionAck, refusal_detail
-from federation.runtime import Backoff, atomic_write_json
-from federation.signing import load_or_create_key, public_key_b64, verify
-from federation.tls import certificate_refused, tls_context
+from cloud.region_relay_cloud import CloudLink
+from cloud.region_relay_config import Refused, RelayConfig
+from federation import ckks, model, region
+from federation.errors import SignatureError
+from federation.limits import MAX_UPDATE_BYTES
+from federation.responses import SubmissionAck
+from federation.runtime import atomic_write_json
+from federation.signing import verify
 from federation.wire import Submission
 
 log = logging.getLogger(__name__)
-RETRY = Backoff(base_s=0.2, cap_s=5.0)
-
-
-class Refused(WearfedError):
-    """A submission (or the cloud, answering the relay) refused, with an HTTP status and a reason."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(f"{reason} (HTTP {status})")
-        self.status, self.reason = status, reason
-
-
-@dataclass(frozen=True)
-class RelayConfig:
-    region_id: str
-    cloud_url: str
-    state_dir: Path
-    enroll_token: str | None = None  # needed once, for the first start
-    members: frozenset[str] | None = None  # None: any enrolled participant that addresses this region
-    flush_after_s: float = 2.0
-    expected_key_id: str | None = None  # the federation's CKKS key id from provisioning, if given
-    ca_file: Path | None = None
-
-    def __post_init__(self) -> None:
-        import re
-
-        if not re.match(PARTICIPANT_ID, self.region_id):
-            raise ConfigError(f"region id {self.region_id!r} must match {PARTICIPANT_ID}")
-        bad = sorted(m for m in self.members or () if not re.match(PARTICIPANT_ID, m))
-        if bad:
-            raise ConfigError(f"member ids {bad} must match {PARTICIPANT_ID}")
-        if not self.flush_after_s > 0:
-            raise ConfigError(f"flush_after_s must be positive, got {self.flush_after_s}")
-        if not self.cloud_url.startswith(("http://", "https://")):
-            raise ConfigError(f"cloud URL {self.cloud_url!r} must start with http:// or https://")
 
 
 @dataclass
@@ -94,74 +60,26 @@ class _Round:
 class RegionRelay:
     def __init__(self, cfg: RelayConfig) -> None:
         self.cfg = cfg
-        self.key = load_or_create_key(cfg.state_dir / "region-key.pem")
-        self.http = httpx.AsyncClient(base_url=cfg.cloud_url.rstrip("/"), timeout=60.0,
-                                      verify=tls_context(cfg.ca_file))
+        self.cloud = CloudLink(cfg)
+        self.key = self.cloud.key
         self.ctx = None
         self.keys: dict[str, str] = {}
         self.rounds: dict[int, _Round] = {}
-        self._round_view: tuple[float, PublicRound] | None = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
         self.inputs_dir = cfg.state_dir / "inputs"
 
-    # -- the cloud ------------------------------------------------------------------------------------------
-    async def _request(self, method: str, path: str, *, attempts: int = 6, **kwargs: object) -> httpx.Response:
-        for attempt in range(attempts):
-            try:
-                resp = await self.http.request(method, path, **kwargs)
-            except httpx.TransportError as exc:
-                if attempt == attempts - 1 or certificate_refused(exc):
-                    raise
-            else:
-                if resp.status_code < 400:
-                    return resp
-                if resp.status_code < 500 or attempt == attempts - 1:
-                    raise Refused(resp.status_code, refusal_detail(resp))
-            await asyncio.sleep(RETRY.delay(attempt))
-        raise AssertionError("unreachable")
-
-    def _signed(self, path: str) -> dict:
-        return {"Authorization": request_auth.header(self.key, self.cfg.region_id, method="GET", path=path)}
-
     async def start(self) -> None:
-        """Enroll once (pinning the federation's CKKS key and the cloud's keys), load the context, fetch the
-        participants' keys and whatever was acknowledged before a restart."""
-        marker = self.cfg.state_dir / "enrolled.json"
-        if not marker.exists():
-            if not self.cfg.enroll_token:
-                raise ConfigError(f"region {self.cfg.region_id} is not enrolled yet ({marker} missing): give its "
-                                  "one-time enrollment token (--enroll-token or WEARFED_REGION_TOKEN)")
-            body = {"region_id": self.cfg.region_id, "public_key": public_key_b64(self.key),
-                    "token": self.cfg.enroll_token}
-            answer = Enrolled.model_validate((await self._request("POST", "/v1/regions", json=body)).json())
-            verify_binding(self.cfg.enroll_token, answer.binding, answer.binding_mac,
-                           expected_key_id=self.cfg.expected_key_id)
-            atomic_write_json(marker, {"cloud_url": self.cfg.cloud_url, "public_key": public_key_b64(self.key),
-                                       "binding": answer.binding}, indent=1)
-        binding = json.loads(marker.read_text())["binding"]
-        ctx_bytes = (await self._request("GET", "/v1/context")).content
-        ctx = ckks.load_context(ctx_bytes)
-        check_context(ctx_bytes, ctx, binding)
-        self.ctx = ctx
+        """Enroll once, load the context, fetch the participants' keys and whatever was acknowledged before a
+        restart."""
+        self.ctx, binding = await self.cloud.enroll()
         await self.refresh_keys()
         self._reload()
         log.info("region %s relays to %s (CKKS key %s pinned)", self.cfg.region_id, self.cfg.cloud_url,
                  binding["ckks_key_id"][:16])
 
     async def refresh_keys(self) -> None:
-        path = f"/v1/regions/{self.cfg.region_id}/participant-keys"
-        self.keys = (await self._request("GET", path, headers=self._signed(path))).json()
-
-    async def current_round(self, *, max_age_s: float = 1.0) -> PublicRound | None:
-        now = time.monotonic()
-        if self._round_view is None or now - self._round_view[0] > max_age_s:
-            try:
-                view = PublicRound.model_validate((await self._request("GET", "/v1/rounds/current")).json())
-            except Refused:
-                return None
-            self._round_view = (now, view)
-        return self._round_view[1]
+        self.keys = await self.cloud.participant_keys()
 
     # -- taking submissions ---------------------------------------------------------------------------------
     async def take(self, round_id: int, raw: bytes) -> SubmissionAck:
@@ -195,7 +113,7 @@ class RegionRelay:
             raise Refused(400, "ciphertext sha256 does not match the signed one")
         if self._known(round_id, env.participant, env.idempotency_key):  # a resend: acknowledged again, even late
             return SubmissionAck(status="accepted", duplicate=True, round=round_id)
-        rnd = await self.current_round()
+        rnd = await self.cloud.current_round()
         if rnd is None or rnd.round != round_id or rnd.state != "collecting" or rnd.secagg_phase != "input":
             raise Refused(409, f"round {round_id} is not taking masked inputs "
                                f"(current: {rnd.round if rnd else None}, {rnd.state if rnd else None}, "
@@ -271,7 +189,7 @@ class RegionRelay:
                     "aggregate": base64.b64encode(summed).decode("ascii")}
             record = {"round": round_id, "aggregate_sha256": doc["aggregate_sha256"], "contributors": sorted(batch)}
             try:
-                ack = await self._forward(round_id, body, batch)
+                ack = await self.cloud.forward(round_id, body, {p: i.blob for p, i in batch.items()})
                 record.update(status="accepted", audited=ack.status == "audit")
             except Refused as exc:
                 record.update(status="refused", reason=exc.reason)
@@ -294,19 +212,6 @@ class RegionRelay:
                      len(batch), record["status"])
             return record
 
-    async def _forward(self, round_id: int, body: dict, batch: dict[str, _Input]) -> RegionAck:
-        resp = await self._request("POST", f"/v1/rounds/{round_id}/region-aggregates", json=body)
-        ack = RegionAck.model_validate(resp.json())
-        if ack.status == "audit":  # the cloud checks this batch's inputs: post every one of them, signed
-            inputs = {p: i.blob for p, i in batch.items()}
-            sha = body["statement"]["aggregate_sha256"]
-            doc = region.inputs_doc(round_id=round_id, region=self.cfg.region_id, aggregate_sha256=sha, inputs=inputs)
-            answer = {"aggregate_sha256": sha, "signature": region.sign_inputs(self.key, doc),
-                      "inputs": {p: base64.b64encode(b).decode("ascii") for p, b in inputs.items()}}
-            RegionAck.model_validate((await self._request(
-                "POST", f"/v1/rounds/{round_id}/region-aggregates/{sha}/inputs", json=answer)).json())
-        return ack
-
     async def tick(self) -> None:
         """Forward every batch whose oldest input has waited `flush_after_s`; forget rounds long gone."""
         now = time.monotonic()
@@ -324,60 +229,6 @@ class RegionRelay:
             for rid, s in sorted(self.rounds.items())}}
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        await self.cloud.aclose()
 
 
-async def preflight(cfg: RelayConfig) -> None:
-    """Enroll (first start) and check the cloud's context and the region's read before serving, so bad flags, a
-    bad token or an unreachable cloud are one clear error instead of a failed server start."""
-    relay = RegionRelay(cfg)
-    try:
-        await relay.start()
-    finally:
-        await relay.aclose()
-
-
-def create_app(cfg: RelayConfig) -> FastAPI:
-    """The relay's HTTP API: participants post submissions here exactly as they would to the cloud."""
-    relay = RegionRelay(cfg)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI):  # noqa: ANN202
-        await relay.start()
-
-        async def ticker() -> None:
-            while True:
-                try:
-                    await relay.tick()
-                except Exception:
-                    log.exception("region %s: tick failed", cfg.region_id)
-                await asyncio.sleep(0.2)
-
-        task = asyncio.create_task(ticker())
-        yield
-        task.cancel()
-        for rid in list(relay.rounds):  # hand over what was acknowledged before stopping
-            with contextlib.suppress(Exception):
-                await relay.flush(rid)
-        await relay.aclose()
-
-    app = FastAPI(title=f"wearfed region relay {cfg.region_id}", lifespan=lifespan)
-    app.state.relay = relay
-
-    @app.get("/healthz")
-    def healthz() -> dict:
-        return {"status": "ok" if relay.ctx is not None else "starting", "region": cfg.region_id}
-
-    @app.get("/v1/status")
-    def status() -> dict:
-        return relay.status()
-
-    @app.post("/v1/rounds/{round_id}/updates")
-    async def submit(round_id: int, request: Request) -> SubmissionAck:
-        try:
-            return await relay.take(round_id, await request.body())
-        except Refused as exc:
-            log.warning("region %s: submission to round %s refused: %s", cfg.region_id, round_id, exc.reason)
-            raise HTTPException(status_code=exc.status, detail=exc.reason) from exc
-
-    return app

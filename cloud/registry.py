@@ -17,8 +17,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from cloud.db import ModelVersion, utcnow
+from cloud.db import utcnow
 from cloud.errors import Conflict, Forbidden, NotFound
+from cloud.record_db import ModelVersion
 from cloud.store import Store, aware
 from federation import model
 from federation.release import ReleaseManifest, make_release

@@ -11,8 +11,9 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cloud.db import ModelVersion, Round, SecAggRound
+from cloud.db import Round, SecAggRound
 from cloud.errors import Conflict, NotFound
+from cloud.record_db import ModelVersion
 from cloud.store import Store, aware
 from federation.responses import RoundView
 

@@ -12,8 +12,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session, defer
 
-from cloud.db import IntrusionLock, Participant, Refusal, Round, Update, utcnow
+from cloud.db import Participant, Round, Update, utcnow
 from cloud.errors import Conflict, NotFound
+from cloud.record_db import IntrusionLock, Refusal
 from cloud.registry import Registry
 from cloud.round_states import OPEN_STATES, get_round, round_view, transition
 from cloud.secagg import SecureAggregation

@@ -33,9 +33,10 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cloud.db import Participant, Refusal, Round, SecAggMessage, SecAggRound, utcnow
+from cloud.db import Participant, Round, SecAggMessage, SecAggRound, utcnow
 from cloud.errors import Conflict
 from cloud.participants import Participants
+from cloud.record_db import Refusal
 from cloud.round_states import transition
 from cloud.store import Store, aware
 from federation import ckks, secagg

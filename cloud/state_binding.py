@@ -33,7 +33,8 @@ from datetime import UTC, datetime
 from sqlalchemy import JSON, LargeBinary, Table, event, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloud.db import Base, Event
+from cloud.db import Base
+from cloud.record_db import Event
 from federation.errors import WearfedError
 
 LOG_TABLES = frozenset({"events", "checkpoints"})

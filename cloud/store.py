@@ -30,10 +30,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cloud import pg_locks, state_binding
 from cloud.audit import LOG_KEY_SETTING, AuditLog, LedgerTampered
-from cloud.db import Event, Setting
 from cloud.errors import CloudError
-
-SUMMARISED = (401, 413, 422, 429)  # cloud.ratelimit.SUMMARISED (kept here: the store must not import the middleware)
+from cloud.failure_tally import SUMMARISED  # not the middleware: the tally alone, which imports nothing of the cloud
+from cloud.record_db import Event, Setting
 
 
 def aware(ts: datetime) -> datetime:
@@ -150,7 +149,7 @@ class Store:
         try:
             yield
         except CloudError as exc:
-            if exc.status not in SUMMARISED:  # those are counted per window by cloud.ratelimit
+            if exc.status not in SUMMARISED:  # those are counted per window by cloud.failure_tally
                 self.record("access.denied" if exc.status == 403 else kind, actor, status=exc.status,
                             reason=exc.reason, **detail)
             raise

@@ -23,13 +23,14 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cloud.db import Participant, PrivacySpend, Refusal, Round, Update, utcnow
+from cloud.db import Participant, Round, Update, utcnow
 from cloud.dp_plausibility import ImplausibleReport, check_plausible
 from cloud.errors import BadRequest, Conflict, Forbidden
 from cloud.intrusion import Intrusion
 from cloud.keys import KeyCustody
 from cloud.participants import Participants
 from cloud.privacy import PrivacyViolation, Spend, check_report
+from cloud.record_db import PrivacySpend, Refusal
 from cloud.rounds import Rounds
 from cloud.secagg import SecureAggregation
 from cloud.store import Store

@@ -25,11 +25,12 @@ import logging
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
-from cloud.db import Alert, CheckpointRow, Participant, Update, utcnow
+from cloud.db import Participant, Update, utcnow
 from cloud.errors import Conflict
 from cloud.intrusion_config import IntrusionConfig
 from cloud.intrusion_db import WitnessAck
 from cloud.participants import Participants
+from cloud.record_db import Alert, CheckpointRow
 from cloud.store import Store, aware
 from federation.checkpoint import Checkpoint
 from federation.errors import SignatureError

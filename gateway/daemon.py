@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from federation.runtime import atomic_write_json, install_stop_signals
+from federation.status import GatewayStatus
 from federation.windows import NO_DENOISE, Denoise, Windows, windows_from_series
 from gateway import metrics
 from gateway.acl_watch import AclWatch, AclWatchConfig, Revocations
@@ -95,10 +96,6 @@ def open_registry(state_dir: Path, devices_file: Path | None) -> DeviceRegistry:
     return DeviceRegistry(devices_file, revoked=Revocations(state_dir))
 
 
-def node_status(node: ParticipantNode | None) -> dict:
-    return {} if node is None else node.status()
-
-
 async def stop_node(node_task: asyncio.Task, node: ParticipantNode) -> None:
     """Let an in-flight round finish (its submission is checkpointed in the outbox first), then cancel.
 
@@ -166,22 +163,22 @@ async def _serve(gateway: str, state_dir: Path, ingest_cfg: IngestConfig, store:
     if watch and node:
         watching.append(asyncio.create_task(send_intrusion_reports(watch, node, stop)))
 
-    def status() -> dict:
-        return {"updated": time.time(), "kind": "gateway", "pid": os.getpid(), **health.doc(),
-                "retention_days": ingest_cfg.retention.days,
-                "registry_devices": None if registry.open else len(registry), **store.counts(),
-                **store.governance_counts(),
-                **node_status(node), **(relay.status() if relay else {}), **(drift.status() if drift else {}),
-                **(watch.status() if watch else {})}
+    def status() -> GatewayStatus:
+        return GatewayStatus(updated=time.time(), pid=os.getpid(), **health.doc(),
+                             retention_days=ingest_cfg.retention.days,
+                             registry_devices=None if registry.open else len(registry), **store.counts(),
+                             **store.governance_counts(), node=node.status() if node else None,
+                             relay=relay.status() if relay else None, drift=drift.status() if drift else None,
+                             acl_watch=watch.status()["acl_watch"] if watch else None)
 
     async def report() -> None:
         last = None
         while True:
             doc = status()
-            if not doc["healthy"] and doc["ingest"]["state"] != last:
-                log.error("gateway %s: ingest is %s: %s", gateway, doc["ingest"]["state"], doc["ingest"]["last_error"])
-            last = doc["ingest"]["state"]
-            atomic_write_json(state_dir / "status.json", doc)
+            if not doc.healthy and doc.ingest.state != last:
+                log.error("gateway %s: ingest is %s: %s", gateway, doc.ingest.state, doc.ingest.last_error)
+            last = doc.ingest.state
+            atomic_write_json(state_dir / "status.json", doc.model_dump(mode="json"))
             await asyncio.sleep(1.0)
 
     reporter = asyncio.create_task(report())
@@ -204,7 +201,7 @@ async def _serve(gateway: str, state_dir: Path, ingest_cfg: IngestConfig, store:
             await task
     if exporter is not None:
         exporter.close()
-    atomic_write_json(state_dir / "status.json", {**status(), "stopped": True})
+    atomic_write_json(state_dir / "status.json", status().model_copy(update={"stopped": True}).model_dump(mode="json"))
     if node is not None:
         await node.aclose()
     store.close()

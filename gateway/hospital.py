@@ -31,6 +31,7 @@ from federation.evaluation import EVALUATION_DOMAIN, score_windows
 from federation.model import GRID_SECONDS, HISTORY_STEPS, HORIZON_STEPS
 from federation.responses import ModelView, PublicRound
 from federation.signing import sign
+from federation.status import HospitalStatus
 from federation.windows import RESAMPLE_MAX_SPAN_S, Resampled, SeriesLike, resample, windows_from_series
 from gateway.clinical_csv import (  # noqa: F401 - re-exported: the file format's home is gateway.clinical_csv
     COLUMNS,
@@ -178,11 +179,11 @@ async def run_hospital(cfg: NodeConfig, data: Path, *, eval_holdout: int = 0) ->
     stop = asyncio.Event()
     install_stop_signals(stop)
 
-    def status() -> dict:
-        return {"updated": time.time(), "kind": "hospital", "pid": os.getpid(), "data": str(data),
-                "patients": len(current["series"]) + len(current["held"]), "windows": len(current["windows"]),
-                "withdrawn_patients": current["withdrawn"],
-                "consent_reports_pending": len(consent.pending_reports()), **node.status()}
+    def status() -> HospitalStatus:
+        return HospitalStatus(updated=time.time(), pid=os.getpid(), data=str(data),
+                              patients=len(current["series"]) + len(current["held"]), windows=len(current["windows"]),
+                              withdrawn_patients=current["withdrawn"],
+                              consent_reports_pending=len(consent.pending_reports()), **node.status())
 
     async def report() -> None:
         while True:
@@ -190,7 +191,7 @@ async def run_hospital(cfg: NodeConfig, data: Path, *, eval_holdout: int = 0) ->
                 derive()
                 log.warning("hospital %s: consent withdrawn; windows rebuilt without %d patient(s)",
                             cfg.participant_id, current["withdrawn"])
-            write_json_atomic(cfg.state_dir / "status.json", status())
+            write_json_atomic(cfg.state_dir / "status.json", status().model_dump(mode="json"))
             await asyncio.sleep(1.0)
 
     sender = asyncio.create_task(send_reports(consent, node, stop))
@@ -204,5 +205,6 @@ async def run_hospital(cfg: NodeConfig, data: Path, *, eval_holdout: int = 0) ->
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    write_json_atomic(cfg.state_dir / "status.json", {**status(), "stopped": True})
+    write_json_atomic(cfg.state_dir / "status.json",
+                      status().model_copy(update={"stopped": True}).model_dump(mode="json"))
     await node.aclose()

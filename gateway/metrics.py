@@ -20,6 +20,8 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from federation.status import GatewayStatus
+
 REGISTRY = CollectorRegistry()
 INGESTED = Counter("wearfed_gateway_readings_ingested", "Readings stored (new), as released by devices",
                    ["gateway"], registry=REGISTRY)
@@ -69,10 +71,10 @@ class StatusCollector(Collector):
     """Gauges from each registered daemon's status document, read at scrape time."""
 
     def __init__(self) -> None:
-        self._sources: dict[str, Callable[[], dict]] = {}
+        self._sources: dict[str, Callable[[], GatewayStatus]] = {}
         self._lock = threading.Lock()
 
-    def add(self, gateway: str, status: Callable[[], dict]) -> None:
+    def add(self, gateway: str, status: Callable[[], GatewayStatus]) -> None:
         with self._lock:
             self._sources[gateway] = status
 
@@ -104,25 +106,26 @@ class StatusCollector(Collector):
             sources = dict(self._sources)
         for gw, status in sorted(sources.items()):
             doc = status()
-            values = {"readings_stored": doc.get("ingested"), "devices": doc.get("devices"),
-                      "quarantine_depth": doc.get("rejected"), "outbox_depth": len(doc["outbox"])
-                      if "outbox" in doc else None, "rounds_answered": len(doc["answered"]) if "answered" in doc
-                      else None, "ingest_healthy": doc.get("healthy"), "ingest_subscribed": doc.get("subscribed"),
-                      "drift_reports_sent": doc.get("drift_reports_sent"),
-                      "model_relayed_version": doc.get("model_relayed"),
-                      "withdrawn_devices": (doc.get("consent") or {}).get("withdrawn_devices"),
-                      "withdrawal_deleted_readings": (doc.get("consent") or {}).get("readings_deleted_by_withdrawal"),
-                      "retention_deleted_readings": (doc.get("retention") or {}).get("readings_deleted"),
-                      "consent_reports_pending": (doc.get("consent") or {}).get("reports_pending")}
+            node = doc.node
+            values = {"readings_stored": doc.ingested, "devices": doc.devices, "quarantine_depth": doc.rejected,
+                      "outbox_depth": len(node.outbox) if node else None,
+                      "rounds_answered": len(node.answered) if node else None, "ingest_healthy": doc.healthy,
+                      "ingest_subscribed": doc.subscribed,
+                      "drift_reports_sent": doc.drift.drift_reports_sent if doc.drift else None,
+                      "model_relayed_version": doc.relay.model_relayed if doc.relay else None,
+                      "withdrawn_devices": doc.consent.withdrawn_devices,
+                      "withdrawal_deleted_readings": doc.consent.readings_deleted_by_withdrawal,
+                      "retention_deleted_readings": doc.retention.readings_deleted,
+                      "consent_reports_pending": doc.consent.reports_pending}
             for name, value in values.items():
                 if isinstance(value, bool | int | float):
                     g[name].add_metric([gw], float(value))
-            privacy = doc.get("privacy") or {}
-            if privacy.get("epsilon_cumulative") is not None:
-                eps.add_metric([gw, str(privacy.get("unit")), repr(privacy.get("delta")),
-                                str(privacy.get("accountant"))], float(privacy["epsilon_cumulative"]))
-            if privacy.get("epsilon_cap") is not None:
-                cap.add_metric([gw], float(privacy["epsilon_cap"]))
+            if node is not None:
+                privacy = node.privacy
+                eps.add_metric([gw, privacy.unit, repr(privacy.delta), privacy.accountant],
+                               float(privacy.epsilon_cumulative))
+                if privacy.epsilon_cap is not None:
+                    cap.add_metric([gw], float(privacy.epsilon_cap))
         yield from g.values()
         yield eps
         yield cap
@@ -146,7 +149,7 @@ class MetricsServer:
         self._httpd.server_close()
 
 
-def serve(gateway: str, status: Callable[[], dict], *, port: int, host: str = "127.0.0.1") -> MetricsServer:
+def serve(gateway: str, status: Callable[[], GatewayStatus], *, port: int, host: str = "127.0.0.1") -> MetricsServer:
     """Expose this gateway's metrics on http://host:port/metrics (port 0: a free port, see `.port`)."""
     STATUS.add(gateway, status)
     httpd, _thread = start_http_server(port, addr=host, registry=REGISTRY)

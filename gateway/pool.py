@@ -34,6 +34,7 @@ import httpx
 
 from federation.errors import ConfigError
 from federation.responses import PublicRound
+from federation.status import HospitalStatus
 from federation.windows import windows_from_series
 from gateway.consent import send_reports
 from gateway.daemon import install_stop_signals, write_json_atomic
@@ -133,9 +134,8 @@ async def run_pool(nodes: list[tuple[ParticipantNode, ConsentedWindows]], *, tra
             if source.refresh():  # `wearfed hospital withdraw` wrote a tombstone in this node's state directory
                 log.warning("hospital %s: consent withdrawn; windows rebuilt without %d patient(s)",
                             node.cfg.participant_id, source.withdrawn)
-            write_json_atomic(node.cfg.state_dir / "status.json", {
-                "updated": time.time(), "kind": "hospital", "pool_pid": os.getpid(), **source.facts(),
-                **node.status()})
+            doc = HospitalStatus(updated=time.time(), pool_pid=os.getpid(), **source.facts(), **node.status())
+            write_json_atomic(node.cfg.state_dir / "status.json", doc.model_dump(mode="json"))
 
     async def answer(node: ParticipantNode, rnd: PublicRound) -> None:
         async with slots:

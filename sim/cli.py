@@ -149,15 +149,17 @@ def _demo(args: argparse.Namespace) -> int:
     return _exit_code(run_demo(cfg))
 
 
-def _exit_code(summary: dict) -> int:
+def _exit_code(doc: dict) -> int:
     """0 when every round ended in a model, no reading was lost, and the release checks and the attack drill (if
-    any) passed."""
+    any) passed (`doc` is read through `sim.summary.RunSummary`, or `RunBrief` for one run of a scale study)."""
+    from sim.summary import RunBrief, RunSummary
     from sim.wrist import passed
 
-    rounds_ok = all(r.get("model_version") is not None for r in summary["rounds"])
-    release_ok = passed(summary.get("release_checks") or {"skipped": "not run"})
-    drill_ok = summary.get("attack_drill", {"contained_all": True})["contained_all"]
-    return 0 if rounds_ok and release_ok and drill_ok and summary["readings"]["lost"] == 0 else 1
+    run = RunSummary.model_validate(doc) if "scenario" in doc else RunBrief.model_validate(doc)
+    rounds_ok = all(r.model_version is not None for r in run.rounds)
+    release_ok = passed(getattr(run, "release_checks", None) or {"skipped": "not run"})
+    drill_ok = (getattr(run, "attack_drill", None) or {"contained_all": True})["contained_all"]
+    return 0 if rounds_ok and release_ok and drill_ok and run.readings.lost == 0 else 1
 
 
 def _replay(args: argparse.Namespace) -> int:

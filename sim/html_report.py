@@ -37,6 +37,7 @@ from sim import report_explanations
 from sim.outcomes import outcome
 from sim.report_answers import first_screen
 from sim.report_labels import column_label
+from sim.summary import RunSummary
 
 BASELINES = ("persistence", "linear", "centralised")
 FLEET_COUNTS = ("connected", "buffered", "dropped")
@@ -529,8 +530,13 @@ def _raw(summary: dict) -> str:
     return f"<details><summary>Scalar facts of the summary, as recorded</summary>{_section_overview(summary)}</details>"
 
 
-def write_report(summary: dict, out: Path) -> Path:
-    """Write the report to `out` (a file ending .html, or a directory that gets report.html); returns the path."""
+def write_report(summary: RunSummary | dict, out: Path) -> Path:
+    """Write the report to `out` (a file ending .html, or a directory that gets report.html); returns the path.
+
+    The replay passes its validated `RunSummary`; a plain dict (an older or hand-edited summary) is drawn as it
+    is, each section that cannot be drawn replaced by a note."""
+    if isinstance(summary, RunSummary):
+        summary = summary.document()
     out = Path(out)
     path = out if out.suffix.lower() in (".html", ".htm") else out / "report.html"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from federation.runtime import terminate
+
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass
@@ -64,6 +69,12 @@ def read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return {}
+
+
+def read_status(path: Path, model: type[M]) -> M | None:
+    """A daemon's status file (`federation.status`), validated; None while it does not exist yet."""
+    doc = read_json(path)
+    return model.model_validate(doc) if doc else None
 
 
 def wait_until(predicate, *, timeout: float, what: str, interval: float = 0.2) -> None:  # noqa: ANN001

@@ -28,6 +28,7 @@ from device.traces import write_traces
 from federation.clock import DEFAULT_SIM_START, SimClock
 from federation.privacy_rng import SIMULATION_LABEL
 from federation.responses import Evaluations, ModelView, ReleaseKey, Response, RoundReport, RoundView
+from federation.status import GatewayStatus
 from federation.wire import DPReport
 from gateway.hospital import write_clinical_csv
 from sim.broker import RunningBroker, free_port, start_broker, wait_for_port
@@ -37,11 +38,12 @@ from sim.netproxy import TcpRelay
 from sim.patients import training_patients
 from sim.privacy_summary import describe as describe_privacy
 from sim.privacy_summary import summary as privacy_summary
-from sim.processes import ProcessGroup, read_json, wait_until
+from sim.processes import ProcessGroup, read_json, read_status, wait_until
 from sim.report import RoundPrinter
 from sim.report_explanations import fetch as fetch_explanations
 from sim.run_facts import device_privacy, promotion_gates, run_parameters
 from sim.scenario import Fault, Scenario
+from sim.summary import write_summary
 from sim.wrist import check_release_path, device_states, inference_gateways
 
 R = TypeVar("R", bound=Response)
@@ -492,16 +494,17 @@ class Replay:
                 time.sleep(0.2)
         published = self.published()
 
-        def ingested() -> int:
-            return sum(read_json(self.out / g.id / "status.json").get("ingested", 0) for g in self.s.gateways)
+        def statuses() -> list[GatewayStatus]:
+            return [st for g in self.s.gateways if (st := read_status(self.out / g.id / "status.json", GatewayStatus))]
 
         with contextlib.suppress(TimeoutError):  # what never arrives is counted as lost below
-            wait_until(lambda: ingested() >= published, timeout=60, what="gateways to ingest every reading")
+            wait_until(lambda: sum(st.ingested for st in statuses()) >= published, timeout=60,
+                       what="gateways to ingest every reading")
         time.sleep(1.2)  # one more status tick
-        stats = [read_json(self.out / g.id / "status.json") for g in self.s.gateways]
-        total = sum(st.get("ingested", 0) for st in stats)
-        return {"published": published, "ingested": total, "duplicates": sum(st.get("duplicates", 0) for st in stats),
-                "rejected": sum(st.get("rejected", 0) for st in stats), "lost": max(0, published - total),
+        stats = statuses()
+        total = sum(st.ingested for st in stats)
+        return {"published": published, "ingested": total, "duplicates": sum(st.duplicates for st in stats),
+                "rejected": sum(st.rejected for st in stats), "lost": max(0, published - total),
                 "device_exit_codes": {n: self.group.procs[n].returncode for n in self.device_processes()}}
 
     def _trace_sent(self, gateway: str) -> bool:
@@ -613,10 +616,10 @@ def run_replay(s: Scenario, out: Path, *, broker: str = "auto", pool_processes: 
         summary["attack_drill"] = drill_report
     if replay.last_weights is not None:
         summary["clarke_points"] = clarke_points(replay.last_weights, heldout) | replay.last_model
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    run = write_summary(summary, out)  # refused, naming the field, if it is not a `RunSummary`
     from sim.html_report import write_report
 
-    write_report(summary, out)
+    write_report(run, out)
     replay.printer.note(f"summary: {out / 'summary.json'}  report: {out / 'report.html'}  "
-                        f"cloud database: {out / 'cloud.db'}  wall time {summary['wall_seconds']} s")
-    return summary
+                        f"cloud database: {out / 'cloud.db'}  wall time {run.wall_seconds} s")
+    return run.document()

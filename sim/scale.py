@@ -15,13 +15,13 @@ updates are the same as in-process for the same seed (simulation mode, the drive
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
 
 from sim.replay import prepare_run_dir, run_replay
 from sim.scenario import Scenario, at_scale
+from sim.summary import write_summary
 
 
 def round_seconds(summary: dict) -> float | None:
@@ -70,10 +70,10 @@ def _run_scale(s: Scenario, out: Path, *, broker: str, ray_address: str | None, 
                "runs": {key: {"rounds": r["rounds"], "wall_seconds": r["wall_seconds"],
                               "readings": r["readings"]} for key, r in every.items()},
                "wall_seconds": round(time.time() - t_start, 1)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    run = write_summary(summary, out)
     from sim.html_report import write_report
 
-    write_report(summary, out)
+    write_report(run, out)
     for suffix, label in (("", "direct"), ("_regions", f"through {regions} region relays")):
         if f"ratio{suffix}" in scale:
             ratio = "n/a" if scale[f"ratio{suffix}"] is None else f"{scale[f'ratio{suffix}']:.2f}x"

@@ -140,7 +140,7 @@ def cloud(tmp_path: Path, db_url: str) -> Iterator[CloudHandle]:
     """The aggregator app served by a real uvicorn server on a free port (in a thread of this process)."""
     from cloud.app import CloudSettings, create_app
     from cloud.intrusion_config import RULES, IntrusionConfig
-    from cloud.ratelimit import Limits
+    from cloud.throttle import Limits
 
     # Functional tests send hundreds of deliberate 401s and 403s from one address (every role x every endpoint): no
     # lockout, no rate limit and no intrusion containment here (the DP report policy still applies);

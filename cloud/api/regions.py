@@ -1,6 +1,6 @@
 """Region relays (hierarchical aggregation, `cloud.regions`): enrollment with a one-time token, the region's signed
 read of the participants' keys, its signed aggregates and its answers to audits (bodies read raw so their size is
-bounded before parsing, `cloud.ratelimit.BODY_LIMITS`); for staff, the list of regions and a request to reinstate a
+bounded before parsing, `cloud.body_limits.BODY_LIMITS`); for staff, the list of regions and a request to reinstate a
 suspended one (two-person rule)."""
 
 import asyncio

@@ -23,8 +23,8 @@ from sqlalchemy import func, select
 
 from cloud import rbac
 from cloud.access import Access, Principal
-from cloud.db import Event
 from cloud.errors import CloudError
+from cloud.record_db import Event
 from cloud.store import Store
 
 # topic -> the permission that lets a role read the routes behind it

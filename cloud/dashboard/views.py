@@ -16,10 +16,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer
 
 from cloud.audit import LedgerTampered, verify_ledger
-from cloud.db import Alert, Event, Participant, PrivacySpend, Refusal, Round, Update
+from cloud.db import Participant, Round, Update
 from cloud.evaluations import EvaluationSources
 from cloud.governance_db import DriftReportRow, GateCheck, PendingAction
 from cloud.participants import Participants
+from cloud.record_db import Alert, Event, PrivacySpend, Refusal
 from cloud.round_states import round_view
 from cloud.store import Store, aware
 from federation import dp_accounting

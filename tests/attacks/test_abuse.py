@@ -13,7 +13,7 @@ import pytest
 
 from bench.abuse_probe import big_integers, chunked_upload, declared_too_large, flood, rss_mb
 from cloud.audit import verify_ledger
-from cloud.db import make_engine, make_sessionmaker
+from cloud.engine import make_engine, make_sessionmaker
 from tests.cloud.participants import ADMIN
 from tests.cloud.server import ServerProcess
 

@@ -32,7 +32,7 @@ def ids_cloud(tmp_path, db_url: str) -> Iterator[CloudHandle]:  # noqa: ANN001
     """The cloud with intrusion response at its shipped defaults (rate limits off: they are not under test)."""
     from cloud.app import CloudSettings, create_app
     from cloud.intrusion_config import load_config
-    from cloud.ratelimit import Limits
+    from cloud.throttle import Limits
 
     settings = CloudSettings(db_url=db_url, state_dir=tmp_path / "cloud-state", admin_token=ADMIN_TOKEN,
                              compliance_token=COMPLIANCE_TOKEN, dev_insecure_custodian=True, tick_seconds=0.1,

@@ -18,7 +18,8 @@ import pytest
 from sqlalchemy import delete, select, update
 
 from cloud.audit import ORIGIN, row_bytes, verify_ledger
-from cloud.db import CheckpointRow, Event, make_engine, make_sessionmaker
+from cloud.engine import make_engine, make_sessionmaker
+from cloud.record_db import CheckpointRow, Event
 from federation.checkpoint import Checkpoint, sign_checkpoint
 from federation.merkle import MerkleLog, extend_frontier, leaf_hash
 from federation.signing import load_or_create_key

@@ -35,7 +35,7 @@ def witness_cloud(tmp_path: Path, db_url: str, **witness: object) -> Iterator[Cl
     """The cloud with the shipped intrusion thresholds, the witness settings overridden (rate limits off)."""
     from cloud.app import CloudSettings, create_app
     from cloud.intrusion_config import load_config
-    from cloud.ratelimit import Limits
+    from cloud.throttle import Limits
 
     settings = CloudSettings(db_url=db_url, state_dir=tmp_path / "cloud-state", admin_token=ADMIN_TOKEN,
                              compliance_token=COMPLIANCE_TOKEN, dev_insecure_custodian=True, tick_seconds=0.1,

@@ -152,7 +152,7 @@ def test_hostile_submissions_get_4xx_with_a_reason(cloud, http: httpx.Client, no
 def audit_kinds(cloud) -> list[str]:  # noqa: ANN001
     from sqlalchemy import select
 
-    from cloud.db import Event
+    from cloud.record_db import Event
 
     with cloud.units.store.sessions() as s:
         return list(s.scalars(select(Event.kind).order_by(Event.seq)))

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, insert, select, update
 
 from cloud.audit import ORIGIN, LedgerTampered, StateTampered, entry_bytes, verify_ledger
-from cloud.db import CheckpointRow, Event
+from cloud.record_db import CheckpointRow, Event
 from federation.checkpoint import Checkpoint, sign_checkpoint
 from federation.merkle import MerkleLog, leaf_hash, verify_inclusion
 from tests.cloud.participants import create_user, issue_token

@@ -125,7 +125,7 @@ def test_sealed_server_refuses_rows_edited_behind_the_log(tmp_path: Path) -> Non
     (the isolating attack, in SQL), three custodians unseal: the round fails, the refusal is audited."""
     from sqlalchemy import update
 
-    from cloud.db import make_engine
+    from cloud.engine import make_engine
     from tests.cloud.server import ServerProcess
     from tests.cloud.test_custody import _init
 

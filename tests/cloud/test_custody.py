@@ -118,7 +118,8 @@ def test_sealed_server_waits_in_decrypting_until_k_custodians_unseal_it(tmp_path
 def test_custodian_refuses_a_swapped_aggregate_and_the_refusal_is_audited(tmp_path: Path) -> None:
     from sqlalchemy import update
 
-    from cloud.db import Round, Update, make_engine, make_sessionmaker
+    from cloud.db import Round, Update
+    from cloud.engine import make_engine, make_sessionmaker
 
     state, db_url = tmp_path / "state", f"sqlite:///{tmp_path / 'cloud.db'}"
     shares = _init(state)

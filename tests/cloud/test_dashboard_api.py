@@ -13,8 +13,9 @@ import pytest
 from sqlalchemy import select
 
 from cloud.dashboard.feed import ChangeFeed
-from cloud.db import Event, User
+from cloud.db import User
 from cloud.drift import DEFAULT_THRESHOLD
+from cloud.record_db import Event
 from tests.cloud.governance_helpers import drift_report, glucose
 from tests.cloud.participants import (
     ADMIN,

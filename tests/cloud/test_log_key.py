@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from cloud.audit import verify_ledger
-from cloud.db import make_engine, make_sessionmaker
+from cloud.engine import make_engine, make_sessionmaker
 from tests.cloud.participants import issue_token
 from tests.cloud.server import ServerProcess
 

@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
-from cloud.db import Alert
+from cloud.record_db import Alert
 from federation import ckks
 from federation.signing import public_key_b64
 from tests.cloud.participants import (

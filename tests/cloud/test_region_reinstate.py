@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from cloud.audit import StateTampered, verify_ledger
-from cloud.db import make_engine, make_sessionmaker
+from cloud.engine import make_engine, make_sessionmaker
 from federation import ckks
 from tests.cloud.participants import ADMIN, COMPLIANCE, assert_reason, create_user, open_round
 from tests.cloud.regions import ROOT, aggregate_body, blob_of, enroll_region, inputs_body

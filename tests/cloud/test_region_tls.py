@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from cloud.audit import verify_ledger
-from cloud.db import make_engine, make_sessionmaker
+from cloud.engine import make_engine, make_sessionmaker
 from federation.cli import main
 from federation.tls import CertificateAuthority, server_files, tls_context, write_pem
 from gateway.node import NodeConfig, ParticipantNode

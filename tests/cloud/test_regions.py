@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cloud.audit import verify_ledger
-from cloud.db import make_engine, make_sessionmaker
+from cloud.engine import make_engine, make_sessionmaker
 from federation.cli import main
 from tests.cloud.participants import FakeNode, assert_reason, open_round, random_delta, wait_state
 from tests.cloud.regions import relay_process, wearfed

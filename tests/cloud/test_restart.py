@@ -18,7 +18,9 @@ import pytest
 from sqlalchemy import func, select
 
 from cloud.audit import verify_ledger
-from cloud.db import ModelVersion, PrivacySpend, Update, make_engine, make_sessionmaker
+from cloud.db import Update
+from cloud.engine import make_engine, make_sessionmaker
+from cloud.record_db import ModelVersion, PrivacySpend
 from tests.cloud.participants import ADMIN, FakeNode, open_round, random_delta, wait_state
 from tests.cloud.server import ServerProcess
 

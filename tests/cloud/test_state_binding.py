@@ -22,7 +22,7 @@ from sqlalchemy import Boolean, DateTime, Float, Integer, LargeBinary, String, d
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from cloud.audit import LedgerTampered, StateTampered, verify_ledger, verify_state
-from cloud.db import make_engine, make_sessionmaker
+from cloud.engine import make_engine, make_sessionmaker
 from cloud.state_binding import StateNotBound, bound_tables
 from tests.cloud.demo_state import build
 from tests.conftest import ADMIN_TOKEN, COMPLIANCE_TOKEN, _postgres_url, serve_app
@@ -255,7 +255,8 @@ def test_writes_outside_the_store_transaction_are_refused(demo: Demo) -> None:
 def test_a_database_from_before_the_binding_is_snapshotted_once(tmp_path: Path) -> None:
     """A database whose rows predate the binding: the first start logs them in a ``state.binding`` snapshot."""
     from cloud.audit import AuditLog
-    from cloud.db import Event, User
+    from cloud.db import User
+    from cloud.record_db import Event
     from cloud.store import Store
 
     url = f"sqlite:///{tmp_path / 'old.db'}"

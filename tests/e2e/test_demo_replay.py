@@ -86,7 +86,7 @@ def test_reduced_demo_federates_without_losing_a_reading(tmp_path: Path, broker:
     assert {"update.accepted", "model.rolled_back", "release.tflite_signed"} <= kinds, kinds
     # every state row of the demo is bound to its audit log: intact it verifies, one edited key is named
     from cloud.audit import StateTampered, verify_ledger
-    from cloud.db import make_engine, make_sessionmaker
+    from cloud.engine import make_engine, make_sessionmaker
 
     sessions = make_sessionmaker(make_engine(f"sqlite:///{out / 'cloud.db'}"))
     verify_ledger(sessions)

@@ -15,6 +15,7 @@ import pytest
 from device.sensor import synthetic_trace
 from federation.errors import SchemaError
 from federation.series import PatientSeries
+from federation.status import HospitalStatus
 from gateway.hospital import load_clinical_csv, write_clinical_csv
 from sim.broker import free_port
 from sim.processes import wait_until
@@ -48,14 +49,16 @@ def test_status_file_and_graceful_sigterm(tmp_path: Path) -> None:
             return status_path.exists()
 
         wait_until(written, timeout=30, what="the hospital's status file", interval=0.1)
-        status = json.loads(status_path.read_text())
-        assert status["kind"] == "hospital" and status["patients"] == 3 and status["windows"] > 100
-        assert status["enrolled"] is False and status["privacy"]["epsilon_cumulative"] == 0.0
-        assert status["privacy"]["unit"] == "patient" and status["privacy"]["delta"] == 1e-5
-        assert status["privacy_rng"] == "secure"
+        doc = json.loads(status_path.read_text())
+        status = HospitalStatus.model_validate(doc)  # the document a real hospital writes is the model's
+        assert status.model_dump(mode="json") == doc  # and reads back to the same keys and values
+        assert status.kind == "hospital" and status.pid == proc.pid and status.patients == 3 and status.windows > 100
+        assert status.enrolled is False and status.privacy.epsilon_cumulative == 0.0
+        assert status.privacy.unit == "patient" and status.privacy.delta == 1e-5
+        assert status.privacy_rng == "secure" and "stopped" not in doc and "pool_pid" not in doc
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
-        assert json.loads(status_path.read_text())["stopped"] is True
+        assert HospitalStatus.model_validate_json(status_path.read_text()).stopped is True
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -20,6 +20,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from federation.status import GatewayStatus
 from federation.telemetry import LDPHeader, Reading, ReadingBatch, encode_batch, readings_topic
 
 HEADER = LDPHeader(mechanism="hybrid", epsilon=4.0, lo=40.0, hi=400.0)
@@ -33,6 +34,29 @@ def start_gateway(broker, state: Path, devices_file: Path, extra: list[str] = ()
                              "--state-dir", str(state), "--broker-port", str(broker.port), "--devices-file",
                              str(devices_file), "--log-level", "warning", *extra],
                             stdout=subprocess.DEVNULL, stderr=open(state.parent / "gw.log", "ab"))
+
+
+def subscribed_gateway(broker, tmp_path: Path) -> tuple[Path, Path, subprocess.Popen]:  # noqa: ANN001
+    """A gateway gw-1 for DEVICES on a fresh state directory, once it has subscribed: (state, devices file, process)."""
+    state = tmp_path / "gw-1"
+    state.mkdir()
+    devices_file = tmp_path / "devices.txt"
+    devices_file.write_text("# provisioned to gw-1\n" + "\n".join(DEVICES) + "\n")
+    gw = start_gateway(broker, state, devices_file)
+    try:
+        wait(lambda: status(state).get("subscribed"), "the gateway to subscribe")
+    except AssertionError:
+        gw.kill()
+        gw.wait()
+        raise
+    return state, devices_file, gw
+
+
+def connected_publisher(broker) -> mqtt.Client:  # noqa: ANN001
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-fleet")
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    return pub
 
 
 def status(state: Path) -> dict:
@@ -62,17 +86,9 @@ def batch(device: str, b: int) -> bytes:
 
 
 def test_kill_9_mid_stream_loses_nothing_acknowledged(mosquitto, tmp_path: Path) -> None:  # noqa: ANN001
-    state = tmp_path / "gw-1"
-    state.mkdir()
-    devices_file = tmp_path / "devices.txt"
-    devices_file.write_text("# provisioned to gw-1\n" + "\n".join(DEVICES) + "\n")
-    gw = start_gateway(mosquitto, state, devices_file)
+    state, devices_file, gw = subscribed_gateway(mosquitto, tmp_path)
     try:
-        wait(lambda: status(state).get("subscribed"), "the gateway to subscribe")
-
-        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-fleet")
-        pub.connect(mosquitto.host, mosquitto.port)
-        pub.loop_start()
+        pub = connected_publisher(mosquitto)
         accepted = {d: 0 for d in DEVICES}  # readings the broker acknowledged to the publisher
 
         def publish_all() -> None:
@@ -121,6 +137,36 @@ def test_kill_9_mid_stream_loses_nothing_acknowledged(mosquitto, tmp_path: Path)
         gw.send_signal(signal.SIGTERM)  # graceful stop: exit 0 and a final status
         assert gw.wait(timeout=15) == 0
         assert status(state).get("stopped") is True
+    finally:
+        if gw.poll() is None:
+            gw.kill()
+            gw.wait()
+
+
+def test_a_running_gateways_status_file_is_the_typed_document(mosquitto, tmp_path: Path) -> None:  # noqa: ANN001
+    state, _devices_file, gw = subscribed_gateway(mosquitto, tmp_path)
+    try:
+        pub = connected_publisher(mosquitto)
+        for b in range(3):
+            pub.publish(readings_topic("gw-1", DEVICES[0]), batch(DEVICES[0], b), qos=1).wait_for_publish(10)
+        pub.publish(readings_topic("gw-1", DEVICES[1]), b"\x00garbage", qos=1).wait_for_publish(10)
+        pub.loop_stop()
+        pub.disconnect()
+        wait(lambda: status(state).get("ingested") == 3 * PER_BATCH and status(state).get("rejected") == 1,
+             "the readings and the quarantined message in the status")
+
+        doc = status(state)
+        live = GatewayStatus.model_validate(doc)  # what a real `gateway ingest` writes is the model's document
+        assert live.model_dump(mode="json") == doc  # and reads back to the same keys and values
+        assert live.kind == "gateway" and live.pid == gw.pid and live.healthy and live.ingest.state == "ok"
+        assert (live.ingested, live.devices, live.rejected, live.registry_devices) == (3 * PER_BATCH, 1, 1, 2)
+        assert live.consent.withdrawn_devices == 0 and live.retention.runs >= 0
+        assert live.node is None and live.relay is None and live.acl_watch is None  # ingest only: no federation
+        assert not {"enrolled", "privacy", "model_relayed", "stopped"} & set(doc)
+
+        gw.send_signal(signal.SIGTERM)
+        assert gw.wait(timeout=15) == 0
+        assert GatewayStatus.model_validate(status(state)).stopped is True
     finally:
         if gw.poll() is None:
             gw.kill()

@@ -13,6 +13,7 @@ import pytest
 
 from device.sensor import synthetic_trace
 from federation.errors import ConfigError
+from federation.status import HospitalStatus
 from gateway.hospital import write_clinical_csv
 from gateway.pool import load_pool_spec
 from gateway.state import NodeState
@@ -105,8 +106,9 @@ def test_pool_nodes_answer_a_round_as_distinct_participants(cloud, tmp_path: Pat
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         for pid in ids:
-            status = json.loads((tmp_path / pid / "status.json").read_text())
-            assert status["enrolled"] and status["answered"][str(rnd["round"])] == "submitted"
+            status = HospitalStatus.model_validate_json((tmp_path / pid / "status.json").read_text())
+            assert status.pool_pid == proc.pid and status.pid is None
+            assert status.enrolled and status.answered[str(rnd["round"])] == "submitted"
     finally:
         if proc.poll() is None:
             proc.kill()
