@@ -172,13 +172,18 @@ async def _serve(gateway: str, state_dir: Path, ingest_cfg: IngestConfig, store:
                              acl_watch=watch.status()["acl_watch"] if watch else None)
 
     async def report() -> None:
-        last = None
+        last, failed = None, None
         while True:
-            doc = status()
-            if not doc.healthy and doc.ingest.state != last:
-                log.error("gateway %s: ingest is %s: %s", gateway, doc.ingest.state, doc.ingest.last_error)
-            last = doc.ingest.state
-            atomic_write_json(state_dir / "status.json", doc.model_dump(mode="json"))
+            try:
+                doc = status()
+                if not doc.healthy and doc.ingest.state != last:
+                    log.error("gateway %s: ingest is %s: %s", gateway, doc.ingest.state, doc.ingest.last_error)
+                last, failed = doc.ingest.state, None
+                atomic_write_json(state_dir / "status.json", doc.model_dump(mode="json"))
+            except Exception as exc:  # a status that cannot be built or written must not end the reports for good
+                if repr(exc) != failed:
+                    log.exception("gateway %s: status.json not written", gateway)
+                failed = repr(exc)
             await asyncio.sleep(1.0)
 
     reporter = asyncio.create_task(report())
