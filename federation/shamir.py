@@ -112,6 +112,27 @@ class _Interpolant:
         return l_at * sum(w * y * i for w, y, i in zip(self.weights, self.ys, inv, strict=True)) % PRIME
 
 
+def _secret_at_zero(points: list[tuple[int, int]]) -> int:
+    """f(0) of the polynomial of degree < t through t points: Lagrange at 0 over one common denominator,
+    f(0) = prod_m x_m * sum_j y_j / w_j with w_j = x_j prod_{m != j} (x_m - x_j), computed as exact integers and
+    reduced mod p once, one modular inversion of W = prod_j w_j (nonzero mod p: distinct x in [1, p)). Equal to
+    `_Interpolant(points)(0)`, about three times faster for small holder indices (one per round and owner)."""
+    xs = [x for x, _y in points]
+    ws = []
+    for xj in xs:
+        w = xj
+        for xm in xs:
+            if xm != xj:
+                w *= xm - xj
+        ws.append(w)
+    num, big_w = 1, 1
+    for x, w in zip(xs, ws, strict=True):
+        num *= x
+        big_w *= w
+    total = sum(y * (big_w // w) for (_x, y), w in zip(points, ws, strict=True))
+    return num % PRIME * (total % PRIME) % PRIME * pow(big_w % PRIME, -1, PRIME) % PRIME
+
+
 def _parse(shares: Mapping[int, bytes]) -> list[tuple[int, int]]:
     points = []
     for x, share in sorted(shares.items()):
@@ -134,12 +155,13 @@ def combine(shares: Mapping[int, bytes], *, threshold: int, check_extra: bool = 
     if len(points) < threshold:
         raise ShamirError(f"{len(points)} share(s) given, {threshold} needed")
     base, extra = points[:threshold], points[threshold:]
-    poly = _Interpolant(base)
-    for x, y in extra if check_extra else ():
-        if poly(x) != y:
-            raise ShamirError(f"share {x} does not lie on the polynomial of shares {[p[0] for p in base]}: "
-                              "a share was altered")
-    secret = poly(0)
+    if check_extra and extra:
+        poly = _Interpolant(base)
+        for x, y in extra:
+            if poly(x) != y:
+                raise ShamirError(f"share {x} does not lie on the polynomial of shares {[p[0] for p in base]}: "
+                                  "a share was altered")
+    secret = _secret_at_zero(base)
     if secret >= 2 ** (8 * SECRET_BYTES):
         raise ShamirError("the shares do not interpolate to a 32-byte secret: a share was altered")
     return secret.to_bytes(SECRET_BYTES, "big")

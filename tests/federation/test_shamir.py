@@ -42,6 +42,18 @@ def test_any_t_shares_recover_the_secret_and_extras_must_agree(secret: bytes, t:
             shamir.combine(bad, threshold=t)
 
 
+@settings(max_examples=60, deadline=None)
+@given(t=st.integers(1, 33),
+       xs=st.sets(st.one_of(st.integers(1, 64), st.integers(shamir.PRIME - 2**64, shamir.PRIME - 1)), min_size=33,
+                  max_size=33),
+       ys=st.lists(st.integers(0, shamir.PRIME - 1), min_size=33, max_size=33))
+def test_the_secret_at_zero_equals_the_barycentric_interpolant(t: int, xs: set[int], ys: list[int]) -> None:
+    """combine's one-inversion Lagrange at 0 gives what the barycentric interpolant gives, for any points (not only
+    polynomials of 32-byte secrets), small holder indices and indices near p alike."""
+    points = list(zip(sorted(xs)[:t], ys[:t], strict=True))
+    assert shamir._secret_at_zero(points) == shamir._Interpolant(points)(0)
+
+
 def test_shares_are_the_polynomial_evaluated_at_the_indices() -> None:
     """Known answer: with the coefficients fixed by the rng, share x is s + a1 x + a2 x^2 mod p."""
     stream = iter([(5).to_bytes(66, "big"), (7).to_bytes(66, "big")])
