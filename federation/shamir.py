@@ -10,9 +10,9 @@ and (0, s)), so they reveal nothing. Shares are 66 bytes (ceil(521 / 8)).
 
 Why not pycryptodome's `Shamir` (GF(2^128), used by `cloud.custody` for the custodians' key): it shares 16-byte
 secrets, so a 32-byte seed needs two splits, and it interpolates in pure-Python GF(2^128) arithmetic: rebuilding
-one 32-byte secret from 17 shares took 40-80 ms here against 0.24 ms with this module (`python -m bench.crypto`
-prints both, same run), i.e. 2-4 s per round for the 50 secrets a 50-participant round rebuilds, more than the
-whole training round it protects.
+one 32-byte secret from 17 shares took 15-80 ms here against 0.07 ms with this module (`python -m bench.crypto`
+prints both, same run; 2026-12-04), i.e. 0.8-4 s per round for the 50 secrets a 50-participant round rebuilds,
+more than the whole training round it protects.
 
 Shamir shares carry no integrity: a wrong share reconstructs a wrong secret. `combine` therefore checks, when it
 is given more than t shares, that every extra share lies on the interpolated polynomial, and callers compare the
