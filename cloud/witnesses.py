@@ -36,7 +36,7 @@ from federation.checkpoint import Checkpoint
 from federation.errors import SignatureError
 from federation.node_signals import WITNESS_DOMAIN
 from federation.signing import verify
-from federation.wire import PARTICIPANT_ID, Submission
+from federation.wire import PARTICIPANT_ID, RegionAggregate, Submission, UpdateEnvelope
 
 log = logging.getLogger(__name__)
 
@@ -103,16 +103,24 @@ class Witnesses:
     def before_update(self, round_id: int, sub: Submission) -> None:
         """Apply the witness_stale rule to an update about to be submitted (never raises on a bad submission: the
         submission's own checks refuse it, and signal it, once)."""
+        self.before_envelope(round_id, sub.envelope, sub.signature)
+
+    def before_aggregate(self, round_id: int, agg: RegionAggregate) -> None:
+        """The same rule for every update a region relay forwards: with `witness_hold`, one lapsed member holds the
+        aggregate (taken whole or not at all), and the answer names it."""
+        for m in agg.members:
+            self.before_envelope(round_id, m.envelope, m.signature)
+
+    def before_envelope(self, round_id: int, env: UpdateEnvelope, signature: str) -> None:
         if not self.cfg.witness_rule:
             return
-        env = sub.envelope
         pid = env.participant
         with self.store.read() as s:
             p = s.get(Participant, pid)
             if p is None:
                 return
             try:  # only the participant itself can make its lapse visible: a forger's update says nothing about it
-                verify(p.public_key, env.model_dump(mode="json"), sub.signature)
+                verify(p.public_key, env.model_dump(mode="json"), signature)
             except SignatureError:
                 return
             if s.scalar(select(Update.id).where(Update.round_id == round_id, Update.participant == pid)) is not None:

@@ -45,6 +45,7 @@ async def submit(round_id: Id, request: Request, cloud: CloudDep) -> RegionAck:
     """One signed aggregate of a region's participants (`RegionAggregate`), taken whole or not at all."""
     body = await _body(request, MAX_REGION_AGGREGATE_BYTES)
     agg = RegionAggregate.model_validate_json(body)
+    await asyncio.to_thread(cloud.witnesses.before_aggregate, round_id, agg)  # as the direct route: lapsed witnesses
     return await asyncio.to_thread(cloud.regions.submit, round_id, agg, body_bytes=len(body))
 
 

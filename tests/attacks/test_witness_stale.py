@@ -192,3 +192,35 @@ def _round(cloud: CloudHandle, http: httpx.Client, rogue, *, held: bool) -> dict
             expire(cloud, rid)  # the held node never answers: close the round on the three honest updates
         time.sleep(0.2)
     raise AssertionError(f"round {rid} did not finish: {report}")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_lapsed_witness_behind_a_region_relay_holds_its_aggregate(tmp_path: Path, db_url: str) -> None:
+    """The rule also covers updates a region forwards (before, only the direct route applied it): with
+    ``witness_hold`` one lapsed member holds the aggregate, named in the answer; once it checks, the same aggregate
+    is accepted whole."""
+    from federation import ckks
+    from tests.cloud.regions import aggregate_body, enroll_region
+
+    with witness_cloud(tmp_path, db_url, witness_hold=True) as cloud, \
+            httpx.Client(base_url=cloud.url, timeout=30) as http:
+        cloud.units.regions.audit_rate = 0.0
+        ctx = ckks.load_context(http.get("/v1/context").content)
+        nodes = [FakeNode(http, f"gw-{i}") for i in range(1, 4)]
+        for n in nodes:
+            assert n.enroll().status_code == 201
+        key = enroll_region(http, "r-1")
+        rid = open_round(http, nodes=nodes, deadline_s=600)
+        for n in nodes[:2]:
+            assert n.acknowledge().status_code == 200
+        members = [n.submission(rid, random_delta(i), n_samples=40 + i, region="r-1") for i, n in enumerate(nodes)]
+        body = aggregate_body(key, "r-1", rid, members, ctx=ctx)
+        assert_reason(http.post(f"/v1/rounds/{rid}/region-aggregates", json=body), 409,
+                      "held by intrusion response (witness_stale)")
+        [alert] = _alerts(http, "intrusion.witness_stale")
+        assert alert["participant"] == "gw-3" and alert["detail"]["held"] is True
+        assert [e["actor"] for e in _entries(http, "update.held")] == ["gw-3"]
+        assert nodes[2].acknowledge().status_code == 200
+        ok = http.post(f"/v1/rounds/{rid}/region-aggregates", json=body)
+        assert ok.status_code == 200 and ok.json()["status"] == "accepted", ok.text
+        assert sorted(ok.json()["contributors"]) == ["gw-1", "gw-2", "gw-3"]
