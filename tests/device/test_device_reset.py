@@ -18,8 +18,8 @@ from pathlib import Path
 
 from federation.clock import DEFAULT_SIM_START
 from federation.telemetry import LDPHeader, Privacy, Reading, ReadingBatch, encode_batch
-from tests.gateway.test_ingest_crash import start_gateway, status, wait
-from tests.gateway.test_ingest_poison import publish, publisher, quarantine_reasons
+from tests.gateway.test_ingest_crash import publisher, start_gateway, status, wait
+from tests.gateway.test_ingest_poison import publish, quarantine_reasons
 
 DEV = "gw-1-dev001"
 DAYS, ACCEL = 0.1, 3600.0  # 29 five-minute readings in about 2.4 wall seconds

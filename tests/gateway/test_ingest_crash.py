@@ -52,8 +52,8 @@ def subscribed_gateway(broker, tmp_path: Path) -> tuple[Path, Path, subprocess.P
     return state, devices_file, gw
 
 
-def connected_publisher(broker) -> mqtt.Client:  # noqa: ANN001
-    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-fleet")
+def publisher(broker) -> mqtt.Client:  # noqa: ANN001
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-pub-{time.time_ns()}")
     pub.connect(broker.host, broker.port)
     pub.loop_start()
     return pub
@@ -88,7 +88,7 @@ def batch(device: str, b: int) -> bytes:
 def test_kill_9_mid_stream_loses_nothing_acknowledged(mosquitto, tmp_path: Path) -> None:  # noqa: ANN001
     state, devices_file, gw = subscribed_gateway(mosquitto, tmp_path)
     try:
-        pub = connected_publisher(mosquitto)
+        pub = publisher(mosquitto)
         accepted = {d: 0 for d in DEVICES}  # readings the broker acknowledged to the publisher
 
         def publish_all() -> None:
@@ -103,14 +103,14 @@ def test_kill_9_mid_stream_loses_nothing_acknowledged(mosquitto, tmp_path: Path)
                     pub.publish(readings_topic("gw-1", "gw-1-rogue"), batch("gw-1-rogue", 0), qos=1)
                 time.sleep(0.002)
 
-        publisher = threading.Thread(target=publish_all)
-        publisher.start()
+        sender = threading.Thread(target=publish_all)
+        sender.start()
         wait(lambda: stored(state) >= 300, "some readings to be stored before the kill")
         os.kill(gw.pid, signal.SIGKILL)  # a real crash: no handler runs, nothing is flushed
         gw.wait(timeout=10)
         at_kill = stored(state)
-        publisher.join(timeout=60)
-        assert not publisher.is_alive()
+        sender.join(timeout=60)
+        assert not sender.is_alive()
         total = sum(accepted.values())
         assert total == len(DEVICES) * BATCHES * PER_BATCH
         assert at_kill < total, "the kill came too late to test anything"
@@ -146,7 +146,7 @@ def test_kill_9_mid_stream_loses_nothing_acknowledged(mosquitto, tmp_path: Path)
 def test_a_running_gateways_status_file_is_the_typed_document(mosquitto, tmp_path: Path) -> None:  # noqa: ANN001
     state, _devices_file, gw = subscribed_gateway(mosquitto, tmp_path)
     try:
-        pub = connected_publisher(mosquitto)
+        pub = publisher(mosquitto)
         for b in range(3):
             pub.publish(readings_topic("gw-1", DEVICES[0]), batch(DEVICES[0], b), qos=1).wait_for_publish(10)
         pub.publish(readings_topic("gw-1", DEVICES[1]), b"\x00garbage", qos=1).wait_for_publish(10)

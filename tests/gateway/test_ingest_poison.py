@@ -12,19 +12,17 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
-import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import exc as sa_exc
 
 from federation.runtime import Backoff
 from federation.telemetry import LDPHeader, Reading, ReadingBatch, encode_batch, readings_topic
 from gateway.ingest import POISON_ATTEMPTS, IngestHealth, StoreUnavailable, ingest_forever, store_is_down
 from gateway.store import ReadingStore
-from tests.gateway.test_ingest_crash import start_gateway, status, stored, wait
+from tests.gateway.test_ingest_crash import publisher, start_gateway, status, stored, wait
 
 HEADER = LDPHeader(mechanism="hybrid", epsilon=4.0, lo=40.0, hi=400.0)
 T0 = 1_767_225_600
@@ -34,13 +32,6 @@ GOOD, BAD = "gw-1-dev001", "gw-1-dev002"
 def batch(device: str, seqs: range, *, seq_offset: int = 0) -> bytes:
     readings = tuple(Reading(seq=s + seq_offset, t=T0 + 300 * s, value=100.0 + s) for s in seqs)
     return encode_batch(ReadingBatch(epoch=1, device=device, ldp=HEADER, readings=readings))
-
-
-def publisher(broker) -> mqtt.Client:  # noqa: ANN001
-    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-pub-{time.time_ns()}")
-    pub.connect(broker.host, broker.port)
-    pub.loop_start()
-    return pub
 
 
 def publish(pub: mqtt.Client, device: str, payload: bytes) -> None:

@@ -18,8 +18,8 @@ from federation.privacy_rng import PrivacyRNG
 from federation.telemetry import LDPHeader, Reading, ReadingBatch, encode_batch
 from federation.windows import windows_from_series
 from gateway.store import ReadingStore
-from tests.gateway.test_ingest_crash import start_gateway, status, wait
-from tests.gateway.test_ingest_poison import T0, publish, publisher, quarantine_reasons
+from tests.gateway.test_ingest_crash import publisher, start_gateway, status, wait
+from tests.gateway.test_ingest_poison import T0, publish, quarantine_reasons
 
 DEV = "gw-1-dev001"
 
