@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="distinct contributors every round needs before its sum is decrypted (at least 3; "
                             "round openers cannot ask for fewer)")
     serve.add_argument("--epsilon-cap", type=float, default=None,
-                       help="global per-participant cumulative epsilon cap (per window, at the declared delta)")
+                       help="global cap on each participant's cumulative DP-SGD epsilon, in its declared unit "
+                            "(per patient; per window where a node chose --dp-unit window), at the declared delta")
     serve.add_argument("--rmse-tolerance", type=float, default=None,
                        help="promotion gate: rmse30 may exceed the promoted model's by this fraction "
                             "(overrides the gates file's [accuracy] rmse30_max_regression)")
@@ -142,10 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
                              log_key=log_key_source(args), limits=_limits(args), intrusion=_intrusion(args),
                              **({} if args.region_audit_rate is None
                                 else {"region_audit_rate": args.region_audit_rate}))
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise SystemExit("wearfed: error: --tls-cert and --tls-key go together")
-    tls = {} if args.tls_cert is None else {"ssl_certfile": str(args.tls_cert), "ssl_keyfile": str(args.tls_key),
-                                            "ssl_keyfile_password": os.environ.get("WEARFED_TLS_KEY_PASSWORD")}
+    tls = region_cli.tls_options(args.tls_cert, args.tls_key)
     # log_config=None: uvicorn's own lines go through the root logger, one JSON object per line like ours
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, log_config=None,
                 timeout_graceful_shutdown=10, **tls)

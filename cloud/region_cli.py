@@ -65,7 +65,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def tls_options(cert: Path | None, key: Path | None) -> dict:
-    """uvicorn's ssl options for `--tls-cert/--tls-key` (both or neither; files that exist), as `cloud serve`."""
+    """uvicorn's ssl options for `--tls-cert/--tls-key` of `region serve` and `cloud serve` (both or neither; files
+    that exist; an encrypted key's password from env WEARFED_TLS_KEY_PASSWORD)."""
     if (cert is None) != (key is None):
         raise SystemExit("wearfed: error: --tls-cert and --tls-key go together")
     if cert is None or key is None:
