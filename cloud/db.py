@@ -99,7 +99,7 @@ class Update(Base):
     envelope: Mapped[dict] = mapped_column(JSON)
     signature: Mapped[str] = mapped_column(String(200))
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
-    ciphertext_sha256: Mapped[str] = mapped_column(String(64))
+    ciphertext_sha256: Mapped[str] = mapped_column(String(64), index=True)  # identical ciphertexts are refused
     idempotency_key: Mapped[str] = mapped_column(String(128))
     bytes_received: Mapped[int] = mapped_column(Integer)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
