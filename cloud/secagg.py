@@ -205,7 +205,8 @@ class SecureAggregation:
         return set(sa.u3 if sa.phase == "consistency" else sa.u4)
 
     def _step(self, s: Session, r: Round, sa: SecAggRound) -> bool:
-        answered = {m.participant for m in messages_of(s, r.id, sa.phase)}
+        answered = set(s.scalars(select(SecAggMessage.participant).where(SecAggMessage.round_id == r.id,
+                                                                          SecAggMessage.phase == sa.phase)))
         if not (self._awaited(s, r, sa) <= answered or utcnow() > aware(sa.phase_deadline_at)):
             return False
         n1 = len(sa.u1) if sa.u1 is not None else len(answered)
