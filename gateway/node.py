@@ -98,6 +98,7 @@ class ParticipantNode:
         self.cfg = cfg
         self.windows = windows
         self.trainer = trainer  # None: train in a thread of this process
+        self.training_slots: asyncio.Semaphore | None = None  # shared by a pool's nodes: how many train at once
         self.on_round = on_round  # sees every polled round view (the gateway relays new models from it)
         self._privacy_cache: tuple[int, dict] | None = None
         self.enrolled = False
@@ -283,11 +284,12 @@ class ParticipantNode:
                     epochs: int) -> TrainResult:
         """DP-SGD from `base_w` with the round's privacy randomness: in a thread, or as one task of `self.trainer`."""
         rng = self.cfg.round_rng(round_id)
-        if self.trainer is None:
-            return await asyncio.to_thread(train_dp, base_w, data, cfg=self.cfg.dp, epochs=epochs, rng=rng)
-        trainer = self.trainer
-        return await asyncio.to_thread(lambda: next(iter(trainer.map(train_dp, [(base_w, data)], cfg=self.cfg.dp,
-                                                                     epochs=epochs, rng=rng))))
+        async with self.training_slots or contextlib.nullcontext():
+            if self.trainer is None:
+                return await asyncio.to_thread(train_dp, base_w, data, cfg=self.cfg.dp, epochs=epochs, rng=rng)
+            trainer = self.trainer
+            return await asyncio.to_thread(lambda: next(iter(trainer.map(train_dp, [(base_w, data)],
+                                                                         cfg=self.cfg.dp, epochs=epochs, rng=rng))))
 
     async def base_weights(self, version: int) -> np.ndarray:
         """A model version's weights; versions are immutable, so nodes sharing a process fetch each once."""

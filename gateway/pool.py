@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Coroutine
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,6 +49,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 STATUS_SECONDS = 2.0
+EXCHANGES = 8  # nodes' exchanges with the cloud in flight at once (acknowledgements, secure-aggregation phases)
+
+
+async def at_most(limit: int, calls: list[Coroutine[object, object, None]]) -> None:
+    """Await `calls` with at most `limit` running at once (each node's waits on the cloud overlap the others')."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(call: Coroutine[object, object, None]) -> None:
+        async with gate:
+            await call
+
+    await asyncio.gather(*(one(c) for c in calls))
 
 
 def load_pool_spec(path: Path) -> list[dict]:
@@ -123,10 +136,12 @@ def build_nodes(spec: list[dict], template: NodeConfig, *, trainer: Executor | N
 
 async def run_pool(nodes: list[tuple[ParticipantNode, ConsentedWindows]], *, training_slots: int = 1,
                    poll_seconds: float = 0.5) -> None:
-    """Serve rounds for every node until SIGTERM; at most `training_slots` nodes answer at once."""
+    """Serve rounds for every node until SIGTERM; at most `training_slots` nodes train at once."""
     stop = asyncio.Event()
     install_stop_signals(stop)
-    slots = asyncio.Semaphore(training_slots)
+    slots = asyncio.Semaphore(training_slots)  # held while a node trains, not while it encrypts or waits on the cloud
+    for node, _ in nodes:
+        node.training_slots = slots
     inflight: dict[str, asyncio.Task] = {}
 
     def write_status() -> None:
@@ -136,10 +151,6 @@ async def run_pool(nodes: list[tuple[ParticipantNode, ConsentedWindows]], *, tra
                             node.cfg.participant_id, source.withdrawn)
             doc = HospitalStatus(updated=time.time(), pool_pid=os.getpid(), **source.facts(), **node.status())
             write_json_atomic(node.cfg.state_dir / "status.json", doc.model_dump(mode="json"))
-
-    async def answer(node: ParticipantNode, rnd: PublicRound) -> None:
-        async with slots:
-            await node.serve_round(rnd)
 
     async def report() -> None:
         while True:
@@ -153,22 +164,30 @@ async def run_pool(nodes: list[tuple[ParticipantNode, ConsentedWindows]], *, tra
     poller = nodes[0][0]
     while not stop.is_set():
         rnd = await poller.poll_round()
+
+        def starts(node: ParticipantNode, rnd: PublicRound | None = rnd) -> bool:  # about to answer, not waiting
+            return node.cfg.participant_id not in inflight and node.should_answer(rnd)  # for a training slot
+
         try:  # one witness of the cloud's audit log for the process (gateway/witness.py), before any answer
-            if not await poller.witness.check(poller.cloud, force=any(n.should_answer(rnd) for n, _ in nodes)):
+            if not await poller.witness.check(poller.cloud, force=any(starts(n) for n, _ in nodes)):
                 rnd = None
         except LogWitnessAlarm:
             break  # forked or rolled back: the alarm file and a critical log line say so; answer nothing more
         if rnd is not None and poller.witness.seen is not None:  # each node acknowledges the shared witness's check
-            for node, _ in nodes[1:]:
-                await node.witness.acknowledge(node.cloud, poller.witness.seen, force=node.should_answer(rnd))
+            seen = poller.witness.seen
+            await at_most(EXCHANGES, [node.witness.acknowledge(node.cloud, seen, force=starts(node))
+                                      for node, _ in nodes[1:]])
         for node, _ in nodes:
             pid = node.cfg.participant_id
             if pid in inflight and inflight[pid].done():
                 inflight.pop(pid).result()  # serve_round handles round errors; anything else is a bug: raise
-            if rnd is not None and pid not in inflight:
-                await node.secagg.step(rnd)  # secure aggregation's phases other than input (gateway.secagg_client)
+        if rnd is not None:  # secure aggregation's phases other than input (gateway.secagg_client)
+            await at_most(EXCHANGES, [node.secagg.step(rnd) for node, _ in nodes
+                                      if node.cfg.participant_id not in inflight])
+        for node, _ in nodes:
+            pid = node.cfg.participant_id
             if pid not in inflight and node.should_answer(rnd):
-                inflight[pid] = asyncio.create_task(answer(node, rnd))
+                inflight[pid] = asyncio.create_task(node.serve_round(rnd))
             elif pid not in inflight and node.state.outbox:
                 with contextlib.suppress(httpx.TransportError):
                     await node.flush_outbox()
