@@ -7,7 +7,7 @@ Three sources, so no unit of the cloud carries metrics code:
 - the audit ledger, followed at each scrape from where the last scrape stopped (from entry 0 at the first, so the
   counters hold totals since the federation began, across restarts): submissions accepted and refused (by reason
   class and status), participants' own refusals, round durations (opened -> candidate registered or failed),
-  lockouts and counted request failures (``access.locked`` / ``access.failures``, when the front door writes them).
+  lockouts and counted request failures (``access.locked`` / ``access.failures``: the front door, `cloud.ratelimit`).
 - the database at scrape time (`StateCollector`): cumulative epsilon, cap and halted flag per participant (labelled with
   delta, unit and accountant), rounds per state, pending approvals, alerts per kind, audit ledger size, latest drift
   KL per participant, the custodian's state.

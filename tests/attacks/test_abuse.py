@@ -56,6 +56,7 @@ def test_an_unauthenticated_flood_is_locked_out_and_summarised(tmp_path: Path) -
                 still = attacker.get("/v1/participants", headers=ADMIN)  # a locked address: even a valid token
                 time.sleep(max(0.0, 10.5 - (time.monotonic() - locked)))
                 again = attacker.get("/v1/participants", headers={"Authorization": "Bearer wf_forged-2"})
+            metrics = staff.get("/metrics").text  # what an operator's scraper sees of it
     finally:
         server.stop()
     kinds = [k for k, _ in after]
@@ -64,6 +65,10 @@ def test_an_unauthenticated_flood_is_locked_out_and_summarised(tmp_path: Path) -
     assert len(after) <= 6  # was one signed row per request (2,000 rows, +5.4 MB for 2,000 requests)
     assert still.status_code == 429 and "locked" in still.json()["detail"] and int(still.headers["retry-after"]) >= 1
     assert again.status_code == 401  # the lock expired after --lockout-seconds
+    assert "wearfed_cloud_lockouts_total 2.0" in metrics, metrics
+    counted = [float(line.split()[-1]) for line in metrics.splitlines()
+               if line.startswith('wearfed_cloud_request_failures_total{status="401"}')]
+    assert counted and counted[0] >= 20, metrics
     with sqlite3.connect(db) as conn:
         import json
 
