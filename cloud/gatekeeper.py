@@ -16,6 +16,7 @@ from cloud.lineage import lineage
 from cloud.record_db import ModelVersion, PrivacySpend
 from cloud.registry import Registry
 from cloud.store import Store
+from federation.dp_accounting import DEFAULT_UNIT
 
 
 class Gatekeeper:
@@ -28,16 +29,18 @@ class Gatekeeper:
 
     def check(self, s: Session, r: Round, m: ModelVersion) -> list[gates.GateResult]:
         promoted = Registry.promoted(s)
+        lin = lineage(s, m.version)
+        units = {p: v["unit"] for p, v in lin.per_round.get(r.id, {}).items()}
         over_cap = [f"{sp.participant} spent epsilon {sp.epsilon_recomputed:.4f} > cap {sp.cap} "
-                    f"(delta {sp.delta}, per window, {sp.accountant})"
+                    f"(delta {sp.delta}, per {units.get(sp.participant, DEFAULT_UNIT)}, {sp.accountant})"
                     for sp in s.scalars(select(PrivacySpend).where(PrivacySpend.round_id == r.id))
                     if sp.cap is not None and sp.epsilon_recomputed > sp.cap]
-        lin = lineage(s, m.version)
         by_source = self.evaluations.by_source
         cand = gates.Candidate(version=m.version, metrics=by_source(s, m.version),
                                promoted_version=promoted.version if promoted is not None else None,
                                promoted_metrics=by_source(s, promoted.version) if promoted else {},
-                               lineage_epsilon=lin.epsilon_sum, lineage_rounds=lin.rounds, over_cap=tuple(over_cap))
+                               lineage_epsilon=lin.epsilon_sum, lineage_rounds=lin.rounds, lineage_units=lin.units,
+                               over_cap=tuple(over_cap))
         return gates.check(self.config, cand)
 
     def record(self, s: Session, version: int, action: str, actor: str,

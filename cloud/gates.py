@@ -102,6 +102,7 @@ class Candidate:
     promoted_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     lineage_epsilon: float = 0.0
     lineage_rounds: tuple[int, ...] = ()
+    lineage_units: tuple[str, ...] = ("patient",)  # the privacy units the lineage's updates declared
     over_cap: tuple[str, ...] = ()  # "<participant>: epsilon x > cap y (...)" lines
 
 
@@ -185,9 +186,10 @@ def check(cfg: GateConfig, c: Candidate) -> list[GateResult]:
         out.extend(GateResult(gate, ok, detail, source) for gate, ok, detail in fairness.check(cfg.fairness, source, m))
     if cfg.lineage_epsilon_max is not None:
         ok = c.lineage_epsilon <= cfg.lineage_epsilon_max
+        unit = " or per ".join(c.lineage_units)
         out.append(GateResult("lineage_epsilon_max", ok,
                               f"lineage epsilon {c.lineage_epsilon:.4f} (sum over rounds {list(c.lineage_rounds)} of "
-                              f"the largest per-round epsilon, per window) {'<=' if ok else '>'} "
+                              f"the largest per-round epsilon, per {unit}) {'<=' if ok else '>'} "
                               f"{cfg.lineage_epsilon_max}"))
     if cfg.participant_cap:
         out.append(GateResult("participant_epsilon_cap", not c.over_cap,

@@ -28,6 +28,12 @@ class Lineage:
     epsilon_sum: float  # sum over rounds of the largest per-round epsilon
     per_round: dict[int, dict]  # round -> {participant: {epsilon_round, epsilon_cumulative, delta, accountant}}
 
+    @property
+    def units(self) -> tuple[str, ...]:
+        """The privacy units the lineage's contributors declared (the default's when no round built it)."""
+        return tuple(sorted({v["unit"] for spends in self.per_round.values() for v in spends.values()})) \
+            or (dp_accounting.DEFAULT_UNIT,)
+
     def as_dict(self) -> dict:
         return {"versions": list(self.versions), "rounds": list(self.rounds), "epsilon_sum": self.epsilon_sum,
                 "per_round": {str(k): v for k, v in self.per_round.items()}}

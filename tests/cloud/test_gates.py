@@ -98,6 +98,13 @@ def test_each_gate_fails_by_name(cand: Candidate, cfg: GateConfig, gate: str, so
     assert failed[0].message.startswith(f"{kind} gate {gate}")
 
 
+@pytest.mark.parametrize(("units", "said"), [(("patient",), "per patient"),
+                                             (("patient", "window"), "per patient or per window")])
+def test_the_lineage_gate_names_the_privacy_units_the_updates_declared(units: tuple[str, ...], said: str) -> None:
+    (result,) = [r for r in check(GateConfig(), _cand(lineage_units=units)) if r.gate == "lineage_epsilon_max"]
+    assert f"the largest per-round epsilon, {said})" in result.detail
+
+
 def test_disabled_gates_do_not_run() -> None:
     cfg = GateConfig(rmse30_max_mgdl=None, clarke_ab30_min_percent=None, hypo_sens30_min=None,
                      lineage_epsilon_max=None, participant_cap=False, rmse30_max_regression=None)

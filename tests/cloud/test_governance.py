@@ -145,6 +145,7 @@ def test_lineage_privacy_gate(tmp_path: Path) -> None:
         resp = http.post(f"/v1/rounds/{rid}/approve", headers=staff["compliance_officer"])
         assert_reason(resp, 409, "privacy gate lineage_epsilon_max")
         assert f"rounds [{rid}]" in resp.json()["detail"] and "> 0.5" in resp.json()["detail"]
+        assert "per window)" in resp.json()["detail"]  # the unit these nodes' DP reports declared
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
