@@ -48,8 +48,9 @@ def _add_missing_columns(engine: Engine) -> None:
 def _add_missing_indexes(engine: Engine) -> None:
     """Indexes declared on `Base` since a database was made: `create_all` makes them only with a new table. Without
     ``ix_updates_ciphertext_sha256`` every submission's identical-ciphertext check read every stored ciphertext."""
+    existing = inspect(engine)
     for table in Base.metadata.sorted_tables:
-        present = {i["name"] for i in inspect(engine).get_indexes(table.name)}
+        present = {i["name"] for i in existing.get_indexes(table.name)}
         for index in table.indexes:
             if index.name not in present:
                 index.create(engine)
