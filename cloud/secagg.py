@@ -42,6 +42,7 @@ from cloud.store import Store, aware
 from federation import ckks, secagg
 
 log = logging.getLogger(__name__)
+PHASES = ("advertise", "share", "input", "consistency", "unmask", "ready")  # in order; ready: all shares arrived
 _NEXT = {"advertise": "share", "share": "input", "consistency": "unmask", "unmask": "ready"}
 
 

@@ -19,7 +19,7 @@ from cloud.db import Participant, Round, SecAggMessage, SecAggRound, Update
 from cloud.errors import BadRequest, Conflict, Forbidden
 from cloud.participants import Participants
 from cloud.round_states import get_round
-from cloud.secagg import SecureAggregation, messages_of
+from cloud.secagg import PHASES, SecureAggregation, messages_of
 from cloud.store import Store, aware
 from federation import secagg, shamir
 from federation.responses import SecAggAck, SecAggAdvertView, SecAggStatus, SecAggView
@@ -40,10 +40,6 @@ def _check_public_key(raw: bytes, what: str) -> None:
         X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(raw))
     except ValueError as exc:
         raise BadRequest(f"{what} is not a usable X25519 public key: {exc}") from exc
-
-
-# Secure aggregation's phases in order (`cloud.secagg`); "ready": every unmasking share the round needs arrived.
-PHASES = ("advertise", "share", "input", "consistency", "unmask", "ready")
 
 
 class StoredMessage(NamedTuple):
@@ -182,13 +178,16 @@ class SecAggMessages:
         """A round's messages of one phase. Those of a phase the round has left never change (one message per
         participant and phase, stored once), so they are read once per process, not once per participant's view:
         a view of a round of n would otherwise read all n x 3 messages, n times a phase."""
-        if phase not in PHASES or sa.phase not in PHASES or PHASES.index(sa.phase) <= PHASES.index(phase):
+        def read() -> list[StoredMessage]:
             return [StoredMessage(m.participant, m.doc, m.signature) for m in messages_of(s, sa.round_id, phase)]
+
+        if PHASES.index(sa.phase) <= PHASES.index(phase):  # the phase is open: its messages may still arrive
+            return read()
         key = (sa.round_id, phase)
         with self._lock:
             cached = self._left.get(key)
         if cached is None:
-            cached = [StoredMessage(m.participant, m.doc, m.signature) for m in messages_of(s, sa.round_id, phase)]
+            cached = read()
             with self._lock:
                 self._left[key] = cached
                 while len(self._left) > 24:  # a few rounds' worth

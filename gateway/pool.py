@@ -161,21 +161,20 @@ async def run_pool(nodes: list[tuple[ParticipantNode, ConsentedWindows]], *, tra
     senders = [asyncio.create_task(send_reports(source.consent, node, stop)) for node, source in nodes]
     await asyncio.gather(*(node.enroll_until_ready(stop) for node, _ in nodes))
     log.info("pool of %d hospitals enrolled", len(nodes))
+    def starts(node: ParticipantNode, rnd: PublicRound | None) -> bool:  # about to answer (not already answering)
+        return node.cfg.participant_id not in inflight and node.should_answer(rnd)
+
     poller = nodes[0][0]
     while not stop.is_set():
         rnd = await poller.poll_round()
-
-        def starts(node: ParticipantNode, rnd: PublicRound | None = rnd) -> bool:  # about to answer, not waiting
-            return node.cfg.participant_id not in inflight and node.should_answer(rnd)  # for a training slot
-
         try:  # one witness of the cloud's audit log for the process (gateway/witness.py), before any answer
-            if not await poller.witness.check(poller.cloud, force=any(starts(n) for n, _ in nodes)):
+            if not await poller.witness.check(poller.cloud, force=any(starts(n, rnd) for n, _ in nodes)):
                 rnd = None
         except LogWitnessAlarm:
             break  # forked or rolled back: the alarm file and a critical log line say so; answer nothing more
         if rnd is not None and poller.witness.seen is not None:  # each node acknowledges the shared witness's check
             seen = poller.witness.seen
-            await at_most(EXCHANGES, [node.witness.acknowledge(node.cloud, seen, force=starts(node))
+            await at_most(EXCHANGES, [node.witness.acknowledge(node.cloud, seen, force=starts(node, rnd))
                                       for node, _ in nodes[1:]])
         for node, _ in nodes:
             pid = node.cfg.participant_id
