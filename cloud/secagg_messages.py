@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable
 from typing import NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -16,15 +15,32 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cloud.db import Participant, Round, SecAggMessage, SecAggRound, Update
-from cloud.errors import BadRequest, Conflict, Forbidden
+from cloud.errors import BadRequest, CloudError, Conflict, Forbidden
 from cloud.participants import Participants
 from cloud.round_states import get_round
 from cloud.secagg import PHASES, SecureAggregation, messages_of
 from cloud.store import Store, aware
 from federation import secagg, shamir
-from federation.responses import SecAggAck, SecAggAdvertView, SecAggStatus, SecAggView
+from federation.responses import (
+    SecAggAck,
+    SecAggAdvertView,
+    SecAggBatchItem,
+    SecAggBatchResult,
+    SecAggOwnView,
+    SecAggStatus,
+    SecAggView,
+    SecAggViews,
+)
 from federation.signing import canonical_json
-from federation.wire import SecAggConsistency, SecAggKeys, SecAggShares, SecAggUnmask, SecAggViewRequest
+from federation.wire import (
+    SecAggBatch,
+    SecAggConsistency,
+    SecAggKeys,
+    SecAggShares,
+    SecAggUnmask,
+    SecAggViewBatch,
+    SecAggViewRequest,
+)
 
 VIEW_FRESHNESS_S = 300.0
 MAX_TOKEN_CHARS = 400  # a base64 ChaCha20-Poly1305 box of two 66-byte shares is about 260 characters
@@ -57,27 +73,73 @@ class SecAggMessages:
         self._lock = threading.Lock()
 
     def post_keys(self, round_id: int, msg: SecAggKeys) -> SecAggAck:
-        def check(s: Session, r: Round, sa: SecAggRound, doc: dict) -> None:
-            if doc["participant"] not in r.expected:
-                raise Forbidden(f"participant {doc['participant']} is not expected in round {r.id}")
-            for field in ("c_pk", "s_pk"):
-                _check_public_key(secagg._unb64_key(doc[field], field), field)
-
-        return self._post(round_id, "advertise", msg.advert.model_dump(mode="json"), msg.signature, check)
+        return self._post(round_id, "advertise", msg.advert.model_dump(mode="json"), msg.signature)
 
     def post_shares(self, round_id: int, msg: SecAggShares) -> SecAggAck:
-        def check(s: Session, r: Round, sa: SecAggRound, doc: dict) -> None:
-            me = doc["participant"]
-            if me not in sa.u1:
-                raise Conflict(f"participant {me} advertised no keys in round {r.id} (not in U1)")
-            want, got = set(self.phases.params(s, r.id, sa.u1).graph[me]), set(doc["shares"])
-            if got != want:
-                raise BadRequest(f"shares must go to exactly the neighbours of {me}: missing {sorted(want - got)}, "
-                                 f"not neighbours {sorted(got - want)}")
-            if any(len(t) > MAX_TOKEN_CHARS for t in doc["shares"].values()):
-                raise BadRequest(f"an encrypted share exceeds {MAX_TOKEN_CHARS} characters")
+        return self._post(round_id, "share", msg.doc.model_dump(mode="json"), msg.signature)
 
-        return self._post(round_id, "share", msg.doc.model_dump(mode="json"), msg.signature, check)
+    def post_consistency(self, round_id: int, msg: SecAggConsistency) -> SecAggAck:
+        return self._post(round_id, "consistency", msg.doc.model_dump(mode="json"), msg.signature)
+
+    def post_unmask(self, round_id: int, msg: SecAggUnmask) -> SecAggAck:
+        return self._post(round_id, "unmask", msg.doc.model_dump(mode="json"), msg.signature)
+
+    def post_batch(self, round_id: int, batch: SecAggBatch) -> SecAggBatchResult:
+        """Several participants' messages in one request. Every signature is checked first: one that fails, or a
+        participant who is not enrolled or is locked, refuses the whole batch with that message's status (a 401
+        counts against the carrier as any failed authentication does) and nothing is stored. Then each message is
+        handled exactly as if posted alone, with its own refusal; the phase machine runs once, after the last."""
+        items = [("advertise", m.advert, m.signature) for m in batch.keys] \
+            + [("share", m.doc, m.signature) for m in batch.shares] \
+            + [("consistency", m.doc, m.signature) for m in batch.consistency] \
+            + [("unmask", m.doc, m.signature) for m in batch.unmask]
+        docs = [(phase, doc.model_dump(mode="json"), signature) for phase, doc, signature in items]
+        self._authenticate(round_id, [(doc, signature, f"secagg.{phase}") for phase, doc, signature in docs])
+        results = []
+        for phase, doc, signature in docs:
+            try:
+                ack = self._post(round_id, phase, doc, signature, advance=False)
+            except CloudError as exc:
+                results.append(SecAggBatchItem(participant=doc["participant"], phase=phase, status=exc.status,
+                                               detail=exc.reason))
+            else:
+                results.append(SecAggBatchItem(participant=doc["participant"], phase=phase, status=200,
+                                               duplicate=ack.duplicate))
+        if any(r.status == 200 for r in results):
+            self.phases.advance(round_id)
+        return SecAggBatchResult(round=round_id, results=results)
+
+    def _authenticate(self, round_id: int, signed: list[tuple[dict, str, str]]) -> None:
+        """Check every (doc, signature, action) of a batch before any is handled; the first failure is audited under
+        its participant, as the message alone would be, and refuses the batch."""
+        with self.store.read() as s:
+            for i, (doc, signature, action) in enumerate(signed):
+                pid = doc["participant"]
+                try:
+                    with self.store.refusals("secagg.rejected", pid, action=action, round=round_id,
+                                             doc_sha256=_digest(doc), batch_item=i):
+                        self.participants.verified(s, pid, doc, signature, domain=secagg.DOMAIN)
+                except CloudError as exc:
+                    raise type(exc)(f"batch item {i} ({pid}, {action}): {exc.reason}; nothing in the batch was "
+                                    "accepted") from exc
+
+    # -- each phase's checks, after the signature, the round's phase and a duplicate --------------------------
+    def _check_advert(self, s: Session, r: Round, sa: SecAggRound, doc: dict) -> None:
+        if doc["participant"] not in r.expected:
+            raise Forbidden(f"participant {doc['participant']} is not expected in round {r.id}")
+        for field in ("c_pk", "s_pk"):
+            _check_public_key(secagg._unb64_key(doc[field], field), field)
+
+    def _check_shares(self, s: Session, r: Round, sa: SecAggRound, doc: dict) -> None:
+        me = doc["participant"]
+        if me not in sa.u1:
+            raise Conflict(f"participant {me} advertised no keys in round {r.id} (not in U1)")
+        want, got = set(self.phases.params(s, r.id, sa.u1).graph[me]), set(doc["shares"])
+        if got != want:
+            raise BadRequest(f"shares must go to exactly the neighbours of {me}: missing {sorted(want - got)}, "
+                             f"not neighbours {sorted(got - want)}")
+        if any(len(t) > MAX_TOKEN_CHARS for t in doc["shares"].values()):
+            raise BadRequest(f"an encrypted share exceeds {MAX_TOKEN_CHARS} characters")
 
     def _check_view(self, s: Session, r: Round, sa: SecAggRound, doc: dict) -> secagg.Round:
         rnd = self.phases.params(s, r.id, sa.u1)
@@ -85,33 +147,28 @@ class SecAggMessages:
             raise BadRequest("the signed view does not match the round's U1 keys, U2 and U3")
         return rnd
 
-    def post_consistency(self, round_id: int, msg: SecAggConsistency) -> SecAggAck:
-        def check(s: Session, r: Round, sa: SecAggRound, doc: dict) -> None:
-            if doc["participant"] not in sa.u3:
-                raise Conflict(f"participant {doc['participant']} has no accepted input in round {r.id} (not in U3)")
-            self._check_view(s, r, sa, doc)
+    def _check_consistency(self, s: Session, r: Round, sa: SecAggRound, doc: dict) -> None:
+        if doc["participant"] not in sa.u3:
+            raise Conflict(f"participant {doc['participant']} has no accepted input in round {r.id} (not in U3)")
+        self._check_view(s, r, sa, doc)
 
-        return self._post(round_id, "consistency", msg.doc.model_dump(mode="json"), msg.signature, check)
+    def _check_unmask(self, s: Session, r: Round, sa: SecAggRound, doc: dict) -> None:
+        me = doc["participant"]
+        if me not in sa.u4:
+            raise Conflict(f"participant {me} did not sign the round's view (not in U4)")
+        rnd = self._check_view(s, r, sa, doc)
+        want_b = {o for o in rnd.holders(me) if o in sa.u3}
+        want_sk = {o for o in rnd.graph[me] if o in sa.u2 and o not in sa.u3}
+        if set(doc["b_shares"]) != want_b or set(doc["sk_shares"]) != want_sk:
+            raise BadRequest(f"{me} must reveal self-mask shares of {sorted(want_b)} and mask-key shares of "
+                             f"{sorted(want_sk)}, nothing else (never both for one participant)")
+        for share in [*doc["b_shares"].values(), *doc["sk_shares"].values()]:
+            if len(share) != 2 * shamir.SHARE_BYTES or any(c not in "0123456789abcdef" for c in share):
+                raise BadRequest("a share is not 66 bytes of lowercase hex")
 
-    def post_unmask(self, round_id: int, msg: SecAggUnmask) -> SecAggAck:
-        def check(s: Session, r: Round, sa: SecAggRound, doc: dict) -> None:
-            me = doc["participant"]
-            if me not in sa.u4:
-                raise Conflict(f"participant {me} did not sign the round's view (not in U4)")
-            rnd = self._check_view(s, r, sa, doc)
-            want_b = {o for o in rnd.holders(me) if o in sa.u3}
-            want_sk = {o for o in rnd.graph[me] if o in sa.u2 and o not in sa.u3}
-            if set(doc["b_shares"]) != want_b or set(doc["sk_shares"]) != want_sk:
-                raise BadRequest(f"{me} must reveal self-mask shares of {sorted(want_b)} and mask-key shares of "
-                                 f"{sorted(want_sk)}, nothing else (never both for one participant)")
-            for share in [*doc["b_shares"].values(), *doc["sk_shares"].values()]:
-                if len(share) != 2 * shamir.SHARE_BYTES or any(c not in "0123456789abcdef" for c in share):
-                    raise BadRequest("a share is not 66 bytes of lowercase hex")
-
-        return self._post(round_id, "unmask", msg.doc.model_dump(mode="json"), msg.signature, check)
-
-    def _post(self, round_id: int, phase: str, doc: dict, signature: str,
-              check: Callable[[Session, Round, SecAggRound, dict], None]) -> SecAggAck:
+    def _post(self, round_id: int, phase: str, doc: dict, signature: str, *, advance: bool = True) -> SecAggAck:
+        check = {"advertise": self._check_advert, "share": self._check_shares,
+                 "consistency": self._check_consistency, "unmask": self._check_unmask}[phase]
         pid = doc["participant"]
         digest = _digest(doc)
         with self.store.refusals("secagg.rejected", pid, action=f"secagg.{phase}", round=round_id,
@@ -138,14 +195,40 @@ class SecAggMessages:
                                     doc_sha256=digest))
                 self.store.append(s, f"secagg.{'keys' if phase == 'advertise' else phase}", pid, round=round_id,
                                   doc_sha256=digest)
-        self.phases.advance(round_id)
+        if advance:
+            self.phases.advance(round_id)
         return SecAggAck(status="accepted", duplicate=False, round=round_id, phase=phase)
 
     # -- what participants and staff see --------------------------------------------------------------------
     def view(self, round_id: int, req: SecAggViewRequest) -> SecAggView:
+        with self.store.read() as s:
+            r, sa, own = self._own_view(s, round_id, req)
+            return SecAggViews(round=round_id, **self._shared_view(s, r, sa), views=[own]).view_of(own)
+
+    def views(self, round_id: int, batch: SecAggViewBatch) -> SecAggViews:
+        """Several participants' views in one answer (what they share is computed and sent once). A request whose
+        signature fails, or from a participant not enrolled or locked, refuses the batch as `post_batch` does; any
+        other refusal is that request's own."""
+        requests = [(req.model_dump(mode="json", exclude={"signature"}), req.signature, "secagg.view")
+                    for req in batch.requests]
+        self._authenticate(round_id, requests)
+        owns, shared = [], None
+        with self.store.read() as s:
+            for req in batch.requests:
+                try:
+                    r, sa, own = self._own_view(s, round_id, req)
+                except CloudError as exc:
+                    owns.append(SecAggOwnView(participant=req.participant, status=exc.status, detail=exc.reason))
+                    continue
+                owns.append(own)
+                shared = shared or self._shared_view(s, r, sa)
+            return SecAggViews(round=round_id, **(shared or {}), views=owns)
+
+    def _own_view(self, s: Session, round_id: int, req: SecAggViewRequest
+                  ) -> tuple[Round, SecAggRound, SecAggOwnView]:
+        """Check one signed view request; the round, its secure aggregation and the requester's own part."""
         doc = req.model_dump(mode="json", exclude={"signature"})
-        with self.store.refusals("secagg.rejected", req.participant, action="secagg.view", round=round_id), \
-                self.store.read() as s:
+        with self.store.refusals("secagg.rejected", req.participant, action="secagg.view", round=round_id):
             if req.round != round_id:
                 raise BadRequest(f"view request is for round {req.round}, posted to round {round_id}")
             self.participants.verified(s, req.participant, doc, req.signature, domain=secagg.DOMAIN)
@@ -155,24 +238,26 @@ class SecAggMessages:
             sa = s.get(SecAggRound, round_id)
             if req.participant not in r.expected or sa is None:
                 raise Forbidden(f"participant {req.participant} takes no part in round {round_id}")
-            keys = {p.id: p.public_key for p in s.scalars(select(Participant).where(Participant.id.in_(sa.u1 or [])))}
-            me = req.participant
-            sent = set(s.scalars(select(SecAggMessage.phase).where(SecAggMessage.round_id == round_id,
-                                                                  SecAggMessage.participant == me)))
-            if s.scalar(select(Update.id).where(Update.round_id == round_id, Update.participant == me)) is not None:
-                sent.add("input")
-            return SecAggView(
-                round=round_id, phase=sa.phase if r.state == "collecting" else r.state,
-                phase_deadline_at=aware(sa.phase_deadline_at).isoformat(),
-                adverts=[SecAggAdvertView(participant=m.participant, identity_key=keys[m.participant], advert=m.doc,
-                                          signature=m.signature)
-                         for m in self._messages(s, sa, "advertise") if m.participant in (sa.u1 or [])],
-                u2=sa.u2, u3=sa.u3,
-                inbox={m.participant: m.doc["shares"][me] for m in self._messages(s, sa, "share")
-                       if m.participant in (sa.u2 or []) and me in m.doc["shares"]},
-                consistency=[{"participant": m.participant, "signature": m.signature}
-                             for m in self._messages(s, sa, "consistency") if m.participant in (sa.u4 or [])],
-                sent=sorted(sent))
+        me = req.participant
+        sent = set(s.scalars(select(SecAggMessage.phase).where(SecAggMessage.round_id == round_id,
+                                                              SecAggMessage.participant == me)))
+        if s.scalar(select(Update.id).where(Update.round_id == round_id, Update.participant == me)) is not None:
+            sent.add("input")
+        inbox = {m.participant: m.doc["shares"][me] for m in self._messages(s, sa, "share")
+                 if m.participant in (sa.u2 or []) and me in m.doc["shares"]}
+        return r, sa, SecAggOwnView(participant=me, status=200, inbox=inbox, sent=sorted(sent))
+
+    def _shared_view(self, s: Session, r: Round, sa: SecAggRound) -> dict:
+        """What every participant's view of the round holds alike."""
+        keys = {p.id: p.public_key for p in s.scalars(select(Participant).where(Participant.id.in_(sa.u1 or [])))}
+        return {"phase": sa.phase if r.state == "collecting" else r.state,
+                "phase_deadline_at": aware(sa.phase_deadline_at).isoformat(),
+                "adverts": [SecAggAdvertView(participant=m.participant, identity_key=keys[m.participant],
+                                             advert=m.doc, signature=m.signature)
+                            for m in self._messages(s, sa, "advertise") if m.participant in (sa.u1 or [])],
+                "u2": sa.u2, "u3": sa.u3,
+                "consistency": [{"participant": m.participant, "signature": m.signature}
+                                for m in self._messages(s, sa, "consistency") if m.participant in (sa.u4 or [])]}
 
     def _messages(self, s: Session, sa: SecAggRound, phase: str) -> list[StoredMessage]:
         """A round's messages of one phase. Those of a phase the round has left never change (one message per

@@ -315,6 +315,50 @@ class SecAggView(Response):
     sent: list[str] = []  # phases this participant has answered
 
 
+class SecAggBatchItem(Response):
+    """One message of a batch: accepted (status 200) or refused with the status and reason it would get alone."""
+
+    participant: str
+    phase: str
+    status: int
+    duplicate: bool = False
+    detail: str | None = None
+
+
+class SecAggBatchResult(Response):
+    round: int
+    results: list[SecAggBatchItem]  # in the batch's order
+
+
+class SecAggOwnView(Response):
+    """What differs between participants' views: the shares sent to this one and what it has answered."""
+
+    participant: str
+    status: int  # 200, or the refusal's status (detail: its reason)
+    detail: str | None = None
+    inbox: dict[str, str] = {}
+    sent: list[str] = []
+
+
+class SecAggViews(Response):
+    """Several participants' views of a round: what they share, once, and each one's own part."""
+
+    round: int
+    phase: str = ""  # empty when every request was refused
+    phase_deadline_at: str = ""
+    adverts: list[SecAggAdvertView] = []
+    u2: list[str] | None = None
+    u3: list[str] | None = None
+    consistency: list[dict[str, str]] = []
+    views: list[SecAggOwnView]  # in the requests' order
+
+    def view_of(self, own: SecAggOwnView) -> SecAggView:
+        """The view one participant would have been given alone."""
+        return SecAggView(round=self.round, phase=self.phase, phase_deadline_at=self.phase_deadline_at,
+                          adverts=self.adverts, u2=self.u2, u3=self.u3, inbox=own.inbox,
+                          consistency=self.consistency, sent=own.sent)
+
+
 class SecAggStatus(Response):
     round: int
     phase: str

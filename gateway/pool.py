@@ -2,7 +2,8 @@
 
 Each node keeps everything a lone `hospital run` has: its own Ed25519 key, state directory, privacy history,
 outbox and enrollment. What the pool shares is the process (one torch import instead of fifty), one poll of
-the cloud's current round per interval instead of one per node, and a small number of training slots, so
+the cloud's current round per interval instead of one per node, one request for all its nodes' answers to a
+secure-aggregation phase (`gateway.secagg_batch`), and a small number of training slots, so
 fifty participants on a 2-core machine train one or two at a time instead of thrashing. With `--ray auto|ADDRESS`
 each training is a Ray task instead (`sim.executors.RayExecutor`), so `--training-slots` nodes train at once on the
 cluster's cores: the nodes' training windows then go to the cluster's object store, so use only a cluster inside the
@@ -42,6 +43,7 @@ from gateway.daemon import install_stop_signals, write_json_atomic
 from gateway.hospital import check_clinical_data
 from gateway.hospital_consent import HospitalConsent
 from gateway.node import NodeConfig, ParticipantNode
+from gateway.secagg_batch import step_together
 from gateway.witness import LogWitnessAlarm
 
 if TYPE_CHECKING:
@@ -180,9 +182,10 @@ async def run_pool(nodes: list[tuple[ParticipantNode, ConsentedWindows]], *, tra
             pid = node.cfg.participant_id
             if pid in inflight and inflight[pid].done():
                 inflight.pop(pid).result()  # serve_round handles round errors; anything else is a bug: raise
-        if rnd is not None:  # secure aggregation's phases other than input (gateway.secagg_client)
-            await at_most(EXCHANGES, [node.secagg.step(rnd) for node, _ in nodes
-                                      if node.cfg.participant_id not in inflight])
+        if rnd is not None:  # secure aggregation's phases other than input, the nodes' answers in one batch
+            idle = [node.secagg for node, _ in nodes if node.cfg.participant_id not in inflight]
+            await step_together(idle, rnd, poller.cloud, one_by_one=lambda due, r=rnd: at_most(
+                EXCHANGES, [c.step(r) for c in due]))
         for node, _ in nodes:
             pid = node.cfg.participant_id
             if pid not in inflight and node.should_answer(rnd):

@@ -11,9 +11,11 @@ collecting. Everything a participant checks before it answers is in `federation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,7 +28,8 @@ from federation.runtime import atomic_write_json
 from gateway.cloud_client import CloudClient, CloudRejected
 
 log = logging.getLogger(__name__)
-_ACTIONS = {"advertise": "keys", "share": "shares", "consistency": "consistency", "unmask": "unmask"}
+ACTIONS = {  # phase -> its route, and its list in a batch (federation.wire.SecAggBatch)
+    "advertise": "keys", "share": "shares", "consistency": "consistency", "unmask": "unmask"}
 
 
 class SecAggClient:
@@ -69,8 +72,7 @@ class SecAggClient:
     # -- talking to the cloud ------------------------------------------------------------------------------
     async def view(self, round_id: int) -> SecAggView:
         """This participant's view of the round's secure aggregation (a ValueError if the answer is not one)."""
-        req = secagg.view_request(self.key, round_id=round_id, participant=self.participant, at=time.time())
-        resp = await self.cloud.request("POST", f"/v1/rounds/{round_id}/secagg/view", json=req)
+        resp = await self.cloud.request("POST", f"/v1/rounds/{round_id}/secagg/view", json=self.view_request(round_id))
         return SecAggView.model_validate(resp.json())
 
     def input_ready(self, rnd: PublicRound) -> bool:
@@ -90,36 +92,65 @@ class SecAggClient:
         self._save(session)
         return blob
 
-    async def step(self, rnd: PublicRound) -> None:
-        """Answer the round's current secure-aggregation phase (not input: that is `ParticipantNode.answer`).
-        Problems affect this round only: they are logged, and the node takes no further part in it."""
+    def pending(self, rnd: PublicRound) -> bool:
+        """True if the round's current phase (not input) is this node's to answer; forgets finished rounds."""
         round_id, phase = rnd.round, rnd.secagg_phase
         if rnd.state != "collecting":
             self.forget(round_id=round_id)
-            return
+            return False
         self.forget(before=round_id)
-        if phase not in _ACTIONS or self.participant not in rnd.expected \
-                or (round_id, phase) in self._answered:
+        return phase in ACTIONS and self.participant in rnd.expected and (round_id, phase) not in self._answered
+
+    async def step(self, rnd: PublicRound) -> None:
+        """Answer the round's current secure-aggregation phase (not input: that is `ParticipantNode.answer`).
+        Problems affect this round only: they are logged, and the node takes no further part in it."""
+        if not self.pending(rnd):
             return
+        round_id, phase = rnd.round, rnd.secagg_phase
+        with self.attempt(round_id, phase):
+            body = await asyncio.to_thread(self.answer, round_id, phase, await self.view(round_id))
+            if body is not None:
+                await self.post(round_id, phase, body)
+
+    async def post(self, round_id: int, phase: str, body: dict) -> None:
+        """Send one answer on its own (a pool sends its nodes' answers together: `gateway.secagg_batch`)."""
+        await self.cloud.request("POST", f"/v1/rounds/{round_id}/secagg/{ACTIONS[phase]}", json=body)
+        self.sent(round_id, phase)
+
+    @contextlib.contextmanager
+    def attempt(self, round_id: int, phase: str) -> Iterator[None]:
+        """Log what goes wrong while answering a phase; anything but an unreachable cloud (answered at the next poll)
+        ends this node's part in it."""
         try:
-            await self._answer(round_id, phase)
+            yield
         except (secagg.SecAggError, ValueError) as exc:  # ValueError: a view that is not one (pydantic)
             log.error("%s: round %s, phase %s: not answered: %s", self.participant, round_id, phase, exc)
             self._answered.add((round_id, phase))
         except CloudRejected as exc:
-            log.error("%s: round %s, phase %s: refused by the cloud: %s", self.participant, round_id, phase, exc)
-            self._answered.add((round_id, phase))
-        except httpx.TransportError as exc:  # answered at the next poll
+            self.refused(round_id, phase, str(exc))
+        except httpx.TransportError as exc:
             log.warning("%s: round %s, phase %s: cloud unreachable (%s)", self.participant, round_id, phase, exc)
 
-    async def _answer(self, round_id: int, phase: str) -> None:
-        typed = await self.view(round_id)
+    def refused(self, round_id: int, phase: str, reason: str) -> None:
+        log.error("%s: round %s, phase %s: refused by the cloud: %s", self.participant, round_id, phase, reason)
+        self._answered.add((round_id, phase))
+
+    def sent(self, round_id: int, phase: str) -> None:
+        self._answered.add((round_id, phase))
+        log.info("%s: round %s: secure aggregation %s sent", self.participant, round_id, phase)
+
+    def view_request(self, round_id: int) -> dict:
+        return secagg.view_request(self.key, round_id=round_id, participant=self.participant, at=time.time())
+
+    def answer(self, round_id: int, phase: str, typed: SecAggView) -> dict | None:
+        """This node's message for `phase` from its view, with the round's secrets on disk before it is returned;
+        None when there is nothing to answer (already answered, or dropped from the round earlier)."""
         if typed.phase != phase or phase in typed.sent:
             self._answered.add((round_id, phase))
-            return
+            return None
         if phase != "advertise" and self._session(round_id, create=False) is None:
             self._answered.add((round_id, phase))  # it missed the advertise phase: no part in this round
-            return
+            return None
         session = self._session(round_id, create=True)
         members = [a.participant for a in typed.adverts]
         signers = [c.get("participant") for c in typed.consistency]
@@ -127,13 +158,11 @@ class SecAggClient:
                 or (phase == "consistency" and self.participant not in (typed.u3 or [])) \
                 or (phase == "unmask" and self.participant not in signers):
             self._answered.add((round_id, phase))  # dropped from the round earlier: nothing to answer
-            return
+            return None
         view = typed.model_dump(mode="json")  # the protocol's functions read the wire document
         build = {"advertise": lambda: session.advert(self.key), "share": lambda: session.shares(view, self.key),
                  "consistency": lambda: session.consistency(view, self.key),
                  "unmask": lambda: session.unmask(view, self.key)}[phase]
-        body = await asyncio.to_thread(build)
+        body = build()
         self._save(session)  # the secrets and what was answered are on disk before anything leaves the node
-        await self.cloud.request("POST", f"/v1/rounds/{round_id}/secagg/{_ACTIONS[phase]}", json=body)
-        self._answered.add((round_id, phase))
-        log.info("%s: round %s: secure aggregation %s sent", self.participant, round_id, phase)
+        return body

@@ -126,9 +126,10 @@ SIGNED = {("POST", "/v1/participants"), ("POST", "/v1/rounds/{round_id}/updates"
           ("POST", "/v1/regions"), ("GET", "/v1/regions/{region_id}/participant-keys"),
           ("POST", "/v1/rounds/{round_id}/region-aggregates"),
           ("POST", "/v1/rounds/{round_id}/region-aggregates/{sha256}/inputs"),
-          # secure aggregation (cloud/api/secagg.py): signed by the participant's identity key
+          # secure aggregation (cloud/api/secagg.py): signed by the participant's identity key (each message of a
+          # batch by its own participant's)
           *{("POST", f"/v1/rounds/{{round_id}}/secagg/{m}") for m in ("keys", "shares", "consistency", "unmask",
-                                                                        "view")}}
+                                                                        "view", "views", "batch")}}
 
 
 def test_permission_table_matches_the_hand_written_list() -> None:

@@ -73,6 +73,14 @@ def test_pool_nodes_answer_a_round_as_distinct_participants(cloud, tmp_path: Pat
 
             wait_until(closed, timeout=120, what="the round to close")
             report = http.get(f"/v1/rounds/{rnd['round']}").json()
+            posts = {line.split('route="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                     for line in http.get("/metrics").text.splitlines()
+                     if line.startswith('wearfed_cloud_http_requests_total{method="POST"') and 'status="200"' in line}
+        # the nodes' secure-aggregation answers travel together: a view batch and a message batch per phase (a node
+        # still submitting its input when the others sign the view answers in a batch or alone after them)
+        assert posts.get("/v1/rounds/{round_id}/secagg/batch", 0) >= 4, posts
+        assert posts.get("/v1/rounds/{round_id}/secagg/views", 0) >= 4, posts
+        assert not {"/v1/rounds/{round_id}/secagg/keys", "/v1/rounds/{round_id}/secagg/shares"} & set(posts), posts
         assert report["state"] == "completed"
         assert sorted(u["participant"] for u in report["updates"]) == ids
         keys = {json.loads((tmp_path / pid / "enrolled.json").read_text())["public_key"] for pid in ids}
