@@ -88,7 +88,8 @@ class SecAggMessages:
         """Several participants' messages in one request. Every signature is checked first: one that fails, or a
         participant who is not enrolled or is locked, refuses the whole batch with that message's status (a 401
         counts against the carrier as any failed authentication does) and nothing is stored. Then each message is
-        handled exactly as if posted alone, with its own refusal; the phase machine runs once, after the last."""
+        checked, stored and audited as if posted alone, with its own refusal, in one transaction; the phase machine
+        runs once, after the last."""
         items = [("advertise", m.advert, m.signature) for m in batch.keys] \
             + [("share", m.doc, m.signature) for m in batch.shares] \
             + [("consistency", m.doc, m.signature) for m in batch.consistency] \
@@ -96,16 +97,20 @@ class SecAggMessages:
         docs = [(phase, doc.model_dump(mode="json"), signature) for phase, doc, signature in items]
         self._authenticate(round_id, [(doc, signature, f"secagg.{phase}") for phase, doc, signature in docs])
         results = []
-        for phase, doc, signature in docs:
-            try:
-                ack = self._post(round_id, phase, doc, signature, advance=False)
-            except CloudError as exc:
-                results.append(SecAggBatchItem(participant=doc["participant"], phase=phase, status=exc.status,
-                                               detail=exc.reason))
-            else:
-                results.append(SecAggBatchItem(participant=doc["participant"], phase=phase, status=200,
-                                               duplicate=ack.duplicate))
-        if any(r.status == 200 for r in results):
+        with self.store.tx() as s:
+            for phase, doc, signature in docs:
+                pid = doc["participant"]
+                try:
+                    with self.store.refusals("secagg.rejected", pid, session=s, action=f"secagg.{phase}",
+                                             round=round_id, doc_sha256=_digest(doc)):
+                        ack = self._accept(s, round_id, phase, doc, signature)
+                except CloudError as exc:
+                    results.append(SecAggBatchItem(participant=pid, phase=phase, status=exc.status,
+                                                   detail=exc.reason))
+                else:
+                    results.append(SecAggBatchItem(participant=pid, phase=phase, status=200,
+                                                   duplicate=ack.duplicate))
+        if any(r.status == 200 and not r.duplicate for r in results):
             self.phases.advance(round_id)
         return SecAggBatchResult(round=round_id, results=results)
 
@@ -166,37 +171,41 @@ class SecAggMessages:
             if len(share) != 2 * shamir.SHARE_BYTES or any(c not in "0123456789abcdef" for c in share):
                 raise BadRequest("a share is not 66 bytes of lowercase hex")
 
-    def _post(self, round_id: int, phase: str, doc: dict, signature: str, *, advance: bool = True) -> SecAggAck:
+    def _post(self, round_id: int, phase: str, doc: dict, signature: str) -> SecAggAck:
+        with self.store.refusals("secagg.rejected", doc["participant"], action=f"secagg.{phase}", round=round_id,
+                                 doc_sha256=_digest(doc)), self.store.tx() as s:
+            ack = self._accept(s, round_id, phase, doc, signature)
+        if not ack.duplicate:
+            self.phases.advance(round_id)
+        return ack
+
+    def _accept(self, s: Session, round_id: int, phase: str, doc: dict, signature: str) -> SecAggAck:
+        """Check one message and store it with its audit entry in `s`; every check comes before any write, so a
+        refusal leaves the transaction as it found it."""
         check = {"advertise": self._check_advert, "share": self._check_shares,
                  "consistency": self._check_consistency, "unmask": self._check_unmask}[phase]
         pid = doc["participant"]
         digest = _digest(doc)
-        with self.store.refusals("secagg.rejected", pid, action=f"secagg.{phase}", round=round_id,
-                                 doc_sha256=digest):
-            if doc["round"] != round_id:
-                raise BadRequest(f"message is for round {doc['round']}, posted to round {round_id}")
-            with self.store.tx() as s:
-                self.participants.verified(s, pid, doc, signature, domain=secagg.DOMAIN)
-                r = get_round(s, round_id)
-                prior = s.scalar(select(SecAggMessage).where(SecAggMessage.round_id == round_id,
-                                                             SecAggMessage.participant == pid,
-                                                             SecAggMessage.phase == phase))
-                if prior is not None:
-                    if prior.doc_sha256 == digest:
-                        return SecAggAck(status="accepted", duplicate=True, round=round_id, phase=phase)
-                    raise Conflict(f"participant {pid} already sent a different {phase} message in round {round_id}")
-                sa = s.get(SecAggRound, round_id)
-                if r.state != "collecting" or sa is None:
-                    raise Conflict(f"round {round_id} is not collecting (state: {r.state})")
-                if sa.phase != phase:
-                    raise Conflict(f"round {round_id} is in secure-aggregation phase {sa.phase}, not {phase}")
-                check(s, r, sa, doc)
-                s.add(SecAggMessage(round_id=round_id, participant=pid, phase=phase, doc=doc, signature=signature,
-                                    doc_sha256=digest))
-                self.store.append(s, f"secagg.{'keys' if phase == 'advertise' else phase}", pid, round=round_id,
-                                  doc_sha256=digest)
-        if advance:
-            self.phases.advance(round_id)
+        if doc["round"] != round_id:
+            raise BadRequest(f"message is for round {doc['round']}, posted to round {round_id}")
+        self.participants.verified(s, pid, doc, signature, domain=secagg.DOMAIN)
+        r = get_round(s, round_id)
+        prior = s.scalar(select(SecAggMessage).where(SecAggMessage.round_id == round_id,
+                                                     SecAggMessage.participant == pid, SecAggMessage.phase == phase))
+        if prior is not None:
+            if prior.doc_sha256 == digest:
+                return SecAggAck(status="accepted", duplicate=True, round=round_id, phase=phase)
+            raise Conflict(f"participant {pid} already sent a different {phase} message in round {round_id}")
+        sa = s.get(SecAggRound, round_id)
+        if r.state != "collecting" or sa is None:
+            raise Conflict(f"round {round_id} is not collecting (state: {r.state})")
+        if sa.phase != phase:
+            raise Conflict(f"round {round_id} is in secure-aggregation phase {sa.phase}, not {phase}")
+        check(s, r, sa, doc)
+        s.add(SecAggMessage(round_id=round_id, participant=pid, phase=phase, doc=doc, signature=signature,
+                            doc_sha256=digest))
+        self.store.append(s, f"secagg.{'keys' if phase == 'advertise' else phase}", pid, round=round_id,
+                          doc_sha256=digest)
         return SecAggAck(status="accepted", duplicate=False, round=round_id, phase=phase)
 
     # -- what participants and staff see --------------------------------------------------------------------

@@ -144,14 +144,19 @@ class Store:
             self.append(s, kind, actor, **detail)
 
     @contextlib.contextmanager
-    def refusals(self, kind: str, actor: str, /, **detail: object) -> Iterator[None]:
-        """Audit a refusal raised inside the block (denials as ``access.denied``, others as `kind`), then re-raise."""
+    def refusals(self, kind: str, actor: str, /, *, session: Session | None = None,
+                 **detail: object) -> Iterator[None]:
+        """Audit a refusal raised inside the block (denials as ``access.denied``, others as `kind`), then re-raise; in
+        a transaction of its own, or in `session`'s (a batch whose other items go on)."""
         try:
             yield
         except CloudError as exc:
             if exc.status not in SUMMARISED:  # those are counted per window by cloud.failure_tally
-                self.record("access.denied" if exc.status == 403 else kind, actor, status=exc.status,
-                            reason=exc.reason, **detail)
+                entry = ("access.denied" if exc.status == 403 else kind, actor)
+                if session is None:
+                    self.record(*entry, status=exc.status, reason=exc.reason, **detail)
+                else:
+                    self.append(session, *entry, status=exc.status, reason=exc.reason, **detail)
             raise
 
     @staticmethod

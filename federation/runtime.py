@@ -41,8 +41,9 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
-    """Replace `path` with `data` atomically and durably; `mode` (e.g. 0o600) is set before the rename."""
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None, durable: bool = True) -> None:
+    """Replace `path` with `data` atomically and (unless not `durable`: a status file rewritten every few seconds, whose
+    loss in a crash costs nothing) durably; `mode` (e.g. 0o600) is set before the rename."""
     path = Path(path)
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,8 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> N
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
@@ -59,16 +61,19 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> N
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(directory)
+    if durable:
+        fsync_dir(directory)
 
 
-def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
+def atomic_write_text(path: Path, text: str, *, mode: int | None = None, durable: bool = True) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), mode=mode, durable=durable)
 
 
-def atomic_write_json(path: Path, doc: object, *, mode: int | None = None, indent: int | None = None) -> None:
+def atomic_write_json(path: Path, doc: object, *, mode: int | None = None, indent: int | None = None,
+                      durable: bool = True) -> None:
     """`doc` as JSON (keys sorted when indented, for diffable state files), written atomically."""
-    atomic_write_text(path, json.dumps(doc, indent=indent, sort_keys=indent is not None) + "\n", mode=mode)
+    atomic_write_text(path, json.dumps(doc, indent=indent, sort_keys=indent is not None) + "\n", mode=mode,
+                      durable=durable)
 
 
 def remove_stale_temps(path: Path) -> int:

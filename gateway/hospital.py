@@ -191,7 +191,7 @@ async def run_hospital(cfg: NodeConfig, data: Path, *, eval_holdout: int = 0) ->
                 derive()
                 log.warning("hospital %s: consent withdrawn; windows rebuilt without %d patient(s)",
                             cfg.participant_id, current["withdrawn"])
-            write_json_atomic(cfg.state_dir / "status.json", status().model_dump(mode="json"))
+            write_json_atomic(cfg.state_dir / "status.json", status().model_dump(mode="json"), durable=False)
             await asyncio.sleep(1.0)
 
     sender = asyncio.create_task(send_reports(consent, node, stop))

@@ -152,7 +152,7 @@ async def run_pool(nodes: list[tuple[ParticipantNode, ConsentedWindows]], *, tra
                 log.warning("hospital %s: consent withdrawn; windows rebuilt without %d patient(s)",
                             node.cfg.participant_id, source.withdrawn)
             doc = HospitalStatus(updated=time.time(), pool_pid=os.getpid(), **source.facts(), **node.status())
-            write_json_atomic(node.cfg.state_dir / "status.json", doc.model_dump(mode="json"))
+            write_json_atomic(node.cfg.state_dir / "status.json", doc.model_dump(mode="json"), durable=False)
 
     async def report() -> None:
         while True:

@@ -86,3 +86,16 @@ def test_pinned_patient_level_plan(accountant: str, pinned: float) -> None:
     # Regression pin of a node of 3,000 patients, 256 expected per step, sigma 1.1, 5 rounds of 118 steps (Opacus 1.6)
     history = [(1.1, 256 / 3000, 118)] * 5
     assert dp_accounting.epsilon(history, accountant=accountant) == pytest.approx(pinned, rel=1e-6)
+
+
+def test_threads_asking_the_same_history_at_once_share_one_computation() -> None:
+    """A pool's nodes ask for the same history together; PRV (about 0.1 s a history) must run once, not per thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    history = [(1.0, 0.0123457, 321)]  # a history no other test asks for: not in the cache yet
+    before = dp_accounting._epsilon_computed.cache_info().misses
+    with ThreadPoolExecutor(8) as pool:
+        values = list(pool.map(lambda _: dp_accounting.epsilon(history, accountant="prv"), range(8)))
+    assert len(set(values)) == 1 and values[0] > 0
+    assert dp_accounting._epsilon_computed.cache_info().misses - before == 1
+    assert dp_accounting._computing == {}  # nothing left behind
