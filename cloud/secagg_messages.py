@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from cloud import batches
+from cloud.batches import Signed
 from cloud.db import Participant, Round, SecAggMessage, SecAggRound, Update
 from cloud.errors import BadRequest, CloudError, Conflict, Forbidden
 from cloud.participants import Participants
@@ -85,9 +87,7 @@ class SecAggMessages:
         return self._post(round_id, "unmask", msg.doc.model_dump(mode="json"), msg.signature)
 
     def post_batch(self, round_id: int, batch: SecAggBatch) -> SecAggBatchResult:
-        """Several participants' messages in one request. Every signature is checked first: one that fails, or a
-        participant who is not enrolled or is locked, refuses the whole batch with that message's status (a 401
-        counts against the carrier as any failed authentication does) and nothing is stored. Then each message is
+        """Several participants' messages in one request (`cloud.batches`: every signature first). Each message is
         checked, stored and audited as if posted alone, with its own refusal, in one transaction; the phase machine
         runs once, after the last."""
         items = [("advertise", m.advert, m.signature) for m in batch.keys] \
@@ -95,7 +95,9 @@ class SecAggMessages:
             + [("consistency", m.doc, m.signature) for m in batch.consistency] \
             + [("unmask", m.doc, m.signature) for m in batch.unmask]
         docs = [(phase, doc.model_dump(mode="json"), signature) for phase, doc, signature in items]
-        self._authenticate(round_id, [(doc, signature, f"secagg.{phase}") for phase, doc, signature in docs])
+        signed = [Signed(doc["participant"], doc, signature, f"secagg.{phase}",
+                         {"round": round_id, "doc_sha256": _digest(doc)}) for phase, doc, signature in docs]
+        batches.authenticate(self.store, self.participants, signed, domain=secagg.DOMAIN, kind="secagg.rejected")
         results = []
         with self.store.tx() as s:
             for phase, doc, signature in docs:
@@ -113,20 +115,6 @@ class SecAggMessages:
         if any(r.status == 200 and not r.duplicate for r in results):
             self.phases.advance(round_id)
         return SecAggBatchResult(round=round_id, results=results)
-
-    def _authenticate(self, round_id: int, signed: list[tuple[dict, str, str]]) -> None:
-        """Check every (doc, signature, action) of a batch before any is handled; the first failure is audited under
-        its participant, as the message alone would be, and refuses the batch."""
-        with self.store.read() as s:
-            for i, (doc, signature, action) in enumerate(signed):
-                pid = doc["participant"]
-                try:
-                    with self.store.refusals("secagg.rejected", pid, action=action, round=round_id,
-                                             doc_sha256=_digest(doc), batch_item=i):
-                        self.participants.verified(s, pid, doc, signature, domain=secagg.DOMAIN)
-                except CloudError as exc:
-                    raise type(exc)(f"batch item {i} ({pid}, {action}): {exc.reason}; nothing in the batch was "
-                                    "accepted") from exc
 
     # -- each phase's checks, after the signature, the round's phase and a duplicate --------------------------
     def _check_advert(self, s: Session, r: Round, sa: SecAggRound, doc: dict) -> None:
@@ -215,12 +203,12 @@ class SecAggMessages:
             return SecAggViews(round=round_id, **self._shared_view(s, r, sa), views=[own]).view_of(own)
 
     def views(self, round_id: int, batch: SecAggViewBatch) -> SecAggViews:
-        """Several participants' views in one answer (what they share is computed and sent once). A request whose
-        signature fails, or from a participant not enrolled or locked, refuses the batch as `post_batch` does; any
-        other refusal is that request's own."""
-        requests = [(req.model_dump(mode="json", exclude={"signature"}), req.signature, "secagg.view")
-                    for req in batch.requests]
-        self._authenticate(round_id, requests)
+        """Several participants' views in one answer (what they share is computed and sent once); after every
+        signature (`cloud.batches`), any refusal is that request's own."""
+        batches.authenticate(self.store, self.participants,
+                             [Signed(req.participant, req.model_dump(mode="json", exclude={"signature"}), req.signature,
+                                     "secagg.view", {"round": round_id}) for req in batch.requests],
+                             domain=secagg.DOMAIN, kind="secagg.rejected")
         owns, shared = [], None
         with self.store.read() as s:
             for req in batch.requests:

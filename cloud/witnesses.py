@@ -13,7 +13,8 @@ from a participant that never acknowledged a checkpoint, or whose last acknowled
 `witness_max_age_s` (the cloud's clock at receipt) or `witness_max_behind` checkpoints behind the log's newest,
 raises one compliance alert per lapse (``intrusion.witness_stale``, audited as ``intrusion.detected``); with
 `witness_hold` the update is also refused (409, audited as ``update.held``) until the participant acknowledges a
-checkpoint again. An honest node checks, and acknowledges, right before it answers a round. What this cannot tell:
+checkpoint again. An honest node checks, and acknowledges, right before it answers a round; a hospital pool's nodes
+acknowledge together (``POST /v1/log/witness/batch``, `cloud.batches`). What this cannot tell:
 whether a node that acknowledges actually verified the proof (a node may sign what it did not check); it tells only
 that a node stopped saying so.
 """
@@ -25,8 +26,10 @@ import logging
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
+from cloud import batches
+from cloud.batches import Signed
 from cloud.db import Participant, Update, utcnow
-from cloud.errors import Conflict
+from cloud.errors import CloudError, Conflict
 from cloud.intrusion_config import IntrusionConfig
 from cloud.intrusion_db import WitnessAck
 from cloud.participants import Participants
@@ -34,7 +37,9 @@ from cloud.record_db import Alert, CheckpointRow
 from cloud.store import Store, aware
 from federation.checkpoint import Checkpoint
 from federation.errors import SignatureError
+from federation.limits import MAX_BATCH
 from federation.node_signals import WITNESS_DOMAIN
+from federation.responses import WitnessAckResult, WitnessAckResults
 from federation.signing import verify
 from federation.wire import PARTICIPANT_ID, RegionAggregate, Submission, UpdateEnvelope
 
@@ -59,6 +64,13 @@ class WitnessAckView(BaseModel):
     behind: int  # checkpoints the log grew since the acknowledged one
 
 
+class WitnessAckBatch(BaseModel):
+    """Several nodes' signed acknowledgements in one request (a hospital pool's)."""
+
+    model_config = ConfigDict(extra="forbid")
+    acks: list[WitnessAckBody] = Field(min_length=1, max_length=MAX_BATCH)
+
+
 class Witnesses:
     def __init__(self, store: Store, participants: Participants, cfg: IntrusionConfig) -> None:
         self.store = store
@@ -70,24 +82,52 @@ class Witnesses:
         return int(s.scalar(select(func.max(CheckpointRow.tree_size))) or 0)
 
     def acknowledge(self, ack: WitnessAckBody) -> WitnessAckView:
-        pid = ack.participant
-        with self.store.refusals("witness.rejected", pid, tree_size=ack.tree_size):
+        with self.store.refusals("witness.rejected", ack.participant, tree_size=ack.tree_size):
             with self.store.tx() as s:
-                self.participants.verified(s, pid, ack.signed_doc(), ack.signature, domain=WITNESS_DOMAIN)
-                row = s.get(CheckpointRow, ack.tree_size)
-                ours = Checkpoint.from_body(row.body.encode()).root_hash.hex() if row is not None else None
-                if ours == ack.root:
-                    size = self._record(s, ack)
-                    return WitnessAckView(participant=pid, tree_size=size, behind=self._log_size(s) - size)
-            detail = {"rule": "witness_mismatch", "participant": pid, "tree_size": ack.tree_size,
-                      "acknowledged_root": ack.root, "log_root": ours}
-            with self.store.tx() as s:  # evidence first: the refusal below rolls nothing back
-                s.add(Alert(kind="intrusion.witness_mismatch", participant=pid, detail=detail))
-                self.store.append(s, "intrusion.detected", "cloud", **detail)
-            log.critical("participant %s acknowledged a checkpoint of %d entries this log never issued: %s", pid,
-                         ack.tree_size, detail)
-            raise Conflict(f"this log issued no checkpoint of {ack.tree_size} entries with root {ack.root}"
-                           if ours else f"this log has no checkpoint of {ack.tree_size} entries")
+                self.participants.verified(s, ack.participant, ack.signed_doc(), ack.signature, domain=WITNESS_DOMAIN)
+                view, mismatch = self._check(s, ack)
+            if mismatch is not None:  # raised after the commit: the evidence stays
+                raise mismatch
+            return view
+
+    def acknowledge_batch(self, batch: WitnessAckBatch) -> WitnessAckResults:
+        """Several nodes' acknowledgements (a pool's): every signature first (`cloud.batches`), then each as if alone,
+        in one transaction."""
+        signed = [Signed(a.participant, a.signed_doc(), a.signature, "witness.acknowledge", {"tree_size": a.tree_size})
+                  for a in batch.acks]
+        batches.authenticate(self.store, self.participants, signed, domain=WITNESS_DOMAIN, kind="witness.rejected")
+        results = []
+        with self.store.tx() as s:
+            for ack in batch.acks:
+                try:
+                    with self.store.refusals("witness.rejected", ack.participant, session=s, tree_size=ack.tree_size):
+                        view, mismatch = self._check(s, ack)
+                        if mismatch is not None:
+                            raise mismatch
+                except CloudError as exc:
+                    results.append(WitnessAckResult(participant=ack.participant, status=exc.status, detail=exc.reason))
+                else:
+                    results.append(WitnessAckResult(participant=ack.participant, status=200, tree_size=view.tree_size,
+                                                    behind=view.behind))
+        return WitnessAckResults(results=results)
+
+    def _check(self, s, ack: WitnessAckBody) -> tuple[WitnessAckView | None, Conflict | None]:  # noqa: ANN001
+        """Keep an acknowledgement of a checkpoint this log issued; for any other, write the evidence (an alert and an
+        audit entry) in `s` and return the refusal to raise once it is committed."""
+        pid = ack.participant
+        row = s.get(CheckpointRow, ack.tree_size)
+        ours = Checkpoint.from_body(row.body.encode()).root_hash.hex() if row is not None else None
+        if ours == ack.root:
+            size = self._record(s, ack)
+            return WitnessAckView(participant=pid, tree_size=size, behind=self._log_size(s) - size), None
+        detail = {"rule": "witness_mismatch", "participant": pid, "tree_size": ack.tree_size,
+                  "acknowledged_root": ack.root, "log_root": ours}
+        s.add(Alert(kind="intrusion.witness_mismatch", participant=pid, detail=detail))
+        self.store.append(s, "intrusion.detected", "cloud", **detail)
+        log.critical("participant %s acknowledged a checkpoint of %d entries this log never issued: %s", pid,
+                     ack.tree_size, detail)
+        return None, Conflict(f"this log issued no checkpoint of {ack.tree_size} entries with root {ack.root}"
+                              if ours else f"this log has no checkpoint of {ack.tree_size} entries")
 
     def _record(self, s, ack: WitnessAckBody) -> int:  # noqa: ANN001 - a Session
         """Keep `ack` as the participant's newest (a late, older one changes nothing); the size now kept."""

@@ -10,9 +10,9 @@ DEFAULT_MIN_CONTRIBUTORS = 3
 MAX_UPDATE_BYTES = 4 * 1024 * 1024  # a whole submission body, base64 ciphertext included
 MAX_REGION_AGGREGATE_BYTES = 8 * 1024 * 1024  # one region aggregate: a ciphertext and up to 64 signed envelopes
 MAX_REGION_INPUTS_BYTES = 64 * MAX_UPDATE_BYTES  # a region's answer to an audit: up to 64 ciphertexts
-MAX_SECAGG_BATCH = 64  # secure-aggregation messages or views in one batch: a round's most participants (ckks)
+MAX_BATCH = 64  # participants' documents in one batch (a pool's): a round's most participants (ckks)
 # a batch of secure-aggregation messages: the largest, shares to 64 neighbours, is under 32 KB each
-MAX_SECAGG_BATCH_BYTES = MAX_SECAGG_BATCH * 32 * 1024
+MAX_SECAGG_BATCH_BYTES = MAX_BATCH * 32 * 1024
 # One insulin or carbs event's plausible maximum (ours: beyond is a unit or entry error); the hospital loader and
 # the export importers check against it.
 INSULIN_MAX_U, CARBS_MAX_G = 100.0, 500.0

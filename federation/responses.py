@@ -359,6 +359,20 @@ class SecAggViews(Response):
                           consistency=self.consistency, sent=own.sent)
 
 
+class WitnessAckResult(Response):
+    """One acknowledgement of a batch (`POST /v1/log/witness/batch`): kept (200) or refused as it would be alone."""
+
+    participant: str
+    status: int
+    detail: str | None = None
+    tree_size: int | None = None
+    behind: int | None = None  # checkpoints the log grew since the acknowledged one
+
+
+class WitnessAckResults(Response):
+    results: list[WitnessAckResult]  # in the batch's order
+
+
 class SecAggStatus(Response):
     round: int
     phase: str

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from federation.dp_accounting import ACCOUNTANTS, UNITS
-from federation.limits import MAX_SECAGG_BATCH, MAX_UPDATE_BYTES, PARTICIPANT_ID
+from federation.limits import MAX_BATCH, MAX_UPDATE_BYTES, PARTICIPANT_ID
 
 __all__ = ["MAX_UPDATE_BYTES", "PARTICIPANT_ID"]  # re-exported: older imports name them here
 
@@ -197,16 +197,16 @@ class SecAggBatch(Strict):
     nodes): the carrier needs no identity of its own; the cloud checks each message on its own signature, exactly as
     if it had been posted alone, and answers each one (`SecAggBatchResult`)."""
 
-    keys: list[SecAggKeys] = Field(default=[], max_length=MAX_SECAGG_BATCH)
-    shares: list[SecAggShares] = Field(default=[], max_length=MAX_SECAGG_BATCH)
-    consistency: list[SecAggConsistency] = Field(default=[], max_length=MAX_SECAGG_BATCH)
-    unmask: list[SecAggUnmask] = Field(default=[], max_length=MAX_SECAGG_BATCH)
+    keys: list[SecAggKeys] = Field(default=[], max_length=MAX_BATCH)
+    shares: list[SecAggShares] = Field(default=[], max_length=MAX_BATCH)
+    consistency: list[SecAggConsistency] = Field(default=[], max_length=MAX_BATCH)
+    unmask: list[SecAggUnmask] = Field(default=[], max_length=MAX_BATCH)
 
 
 class SecAggViewBatch(Strict):
     """Several participants' signed view requests in one request (`SecAggViews` answers them)."""
 
-    requests: list[SecAggViewRequest] = Field(min_length=1, max_length=MAX_SECAGG_BATCH)
+    requests: list[SecAggViewRequest] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 # -- operator / governance requests (bearer-token callers) -------------------------------------------

@@ -1,13 +1,14 @@
 """`wearfed hospital pool --spec FILE`: many hospital participants in one process, for large federations.
 
 Each node keeps everything a lone `hospital run` has: its own Ed25519 key, state directory, privacy history,
-outbox and enrollment. What the pool shares is the process (one torch import instead of fifty), one poll of
-the cloud's current round per interval instead of one per node, one request for all its nodes' answers to a
-secure-aggregation phase (`gateway.secagg_batch`), and a small number of training slots, so
-fifty participants on a 2-core machine train one or two at a time instead of thrashing. With `--ray auto|ADDRESS`
-each training is a Ray task instead (`sim.executors.RayExecutor`), so `--training-slots` nodes train at once on the
-cluster's cores: the nodes' training windows then go to the cluster's object store, so use only a cluster inside the
-hospitals' own trust boundary (the scale study's local one, say).
+outbox and enrollment. What the pool shares is the process (one torch import instead of fifty), one poll of the
+cloud's current round per interval instead of one per node, one request for all its nodes' answers to a
+secure-aggregation phase (`gateway.secagg_batch`) and one for their acknowledgements of the audit log (each still
+signed by its own node), and a small number of training slots, so fifty participants on a 2-core machine train one
+or two at a time instead of thrashing. With `--ray auto|ADDRESS` each training is a Ray task instead
+(`sim.executors.RayExecutor`), so `--training-slots` nodes train at once on the cluster's cores: the nodes' training
+windows then go to the cluster's object store, so use only a cluster inside the hospitals' own trust boundary (the
+scale study's local one, say).
 
 The spec is JSON: ``{"nodes": [{"id": "h-001", "data": "h-001/clinical.csv", "state_dir": "h-001",
 "enroll_token": "..."}, ...]}``; relative paths resolve against the spec's directory. Keep the file private:
@@ -44,14 +45,14 @@ from gateway.hospital import check_clinical_data
 from gateway.hospital_consent import HospitalConsent
 from gateway.node import NodeConfig, ParticipantNode
 from gateway.secagg_batch import step_together
-from gateway.witness import LogWitnessAlarm
+from gateway.witness import LogWitnessAlarm, acknowledge_together
 
 if TYPE_CHECKING:
     from sim.executors import Executor
 
 log = logging.getLogger(__name__)
 STATUS_SECONDS = 2.0
-EXCHANGES = 8  # nodes' exchanges with the cloud in flight at once (acknowledgements, secure-aggregation phases)
+EXCHANGES = 8  # nodes' exchanges with the cloud in flight at once (when a batch falls back to one by one)
 
 
 async def at_most(limit: int, calls: list[Coroutine[object, object, None]]) -> None:
@@ -176,8 +177,8 @@ async def run_pool(nodes: list[tuple[ParticipantNode, ConsentedWindows]], *, tra
             break  # forked or rolled back: the alarm file and a critical log line say so; answer nothing more
         if rnd is not None and poller.witness.seen is not None:  # each node acknowledges the shared witness's check
             seen = poller.witness.seen
-            await at_most(EXCHANGES, [node.witness.acknowledge(node.cloud, seen, force=starts(node, rnd))
-                                      for node, _ in nodes[1:]])
+            await acknowledge_together([(node.witness, starts(node, rnd)) for node, _ in nodes[1:]], seen,
+                                       poller.cloud)
         for node, _ in nodes:
             pid = node.cfg.participant_id
             if pid in inflight and inflight[pid].done():

@@ -35,7 +35,7 @@ from federation.checkpoint import Checkpoint, verify_checkpoint
 from federation.errors import SchemaError
 from federation.merkle import VerificationError, verify_consistency
 from federation.node_signals import WITNESS_DOMAIN, signed
-from federation.responses import ConsistencyProof
+from federation.responses import ConsistencyProof, WitnessAckResults
 from federation.runtime import atomic_write_json
 from gateway.cloud_client import CloudClient
 from gateway.errors import CloudRejected, GatewayError
@@ -117,22 +117,34 @@ class LogWitness:
         return True
 
     async def acknowledge(self, cloud: CloudClient, seen: Seen, *, force: bool = False) -> None:
-        """Tell the cloud this node verified `seen` (signed): when forced, else at most every `ack_interval_s`. A pool
-        of nodes sharing one witness (`gateway.pool`) has each node acknowledge what that witness verified."""
-        if self.key is None or (not force and time.monotonic() - self._last_ack < self.ack_interval_s):
+        """Tell the cloud this node verified `seen` (signed): when forced, else at most every `ack_interval_s`. The
+        nodes of a pool sharing one witness (`gateway.pool`) acknowledge together (`acknowledge_together`)."""
+        if not self.ack_due(force=force):
             return
-        body = {"participant": self.node_id, "tree_size": seen.tree_size, "root": seen.root_hex,
-                "checked_at": round(seen.at, 3)}
         try:
-            await cloud.request("POST", "/v1/log/witness", json=signed(self.key, body, WITNESS_DOMAIN))
-        except CloudRejected as exc:  # 409: the cloud disowns the checkpoint this node verified: look into it
-            log.error("%s: the cloud refused the acknowledgement of checkpoint %d: %s", self.node_id,
-                      seen.tree_size, exc)
-            return
+            await cloud.request("POST", "/v1/log/witness", json=self.ack_body(seen))
+        except CloudRejected as exc:
+            self.ack_refused(seen, str(exc))
         except (httpx.TransportError, httpx.HTTPStatusError) as exc:
             log.warning("%s: checkpoint acknowledgement not delivered (%s)", self.node_id, exc)
-            return
+        else:
+            self.acked(seen)
+
+    def ack_due(self, *, force: bool) -> bool:
+        return self.key is not None and (force or time.monotonic() - self._last_ack >= self.ack_interval_s)
+
+    def ack_body(self, seen: Seen) -> dict:
+        assert self.key is not None
+        body = {"participant": self.node_id, "tree_size": seen.tree_size, "root": seen.root_hex,
+                "checked_at": round(seen.at, 3)}
+        return signed(self.key, body, WITNESS_DOMAIN)
+
+    def acked(self, seen: Seen) -> None:
         self.acked_size, self._last_ack = seen.tree_size, time.monotonic()
+
+    def ack_refused(self, seen: Seen, reason: str) -> None:  # 409: the cloud disowns the checkpoint: look into it
+        log.error("%s: the cloud refused the acknowledgement of checkpoint %d: %s", self.node_id, seen.tree_size,
+                  reason)
 
     def _verified(self, doc: dict) -> Seen:
         key_b64 = str(doc.get("public_key", ""))
@@ -172,3 +184,30 @@ class LogWitness:
         log.critical("%s: AUDIT LOG %s: %s; this node stops answering rounds (%s)", self.node_id, kind.upper(),
                      message, self.alarm_path)
         raise LogWitnessAlarm(f"audit log {kind}: {message}")
+
+
+async def acknowledge_together(due: list[tuple[LogWitness, bool]], seen: Seen, cloud: CloudClient) -> None:
+    """Each (witness, forced) that is due acknowledges `seen` in one request (`POST /v1/log/witness/batch`); if the
+    cloud refuses the batch whole, each acknowledges on its own."""
+    witnesses = [w for w, force in due if w.ack_due(force=force)]
+    if not witnesses:
+        return
+    try:
+        body = {"acks": [w.ack_body(seen) for w in witnesses]}
+        resp = await cloud.request("POST", "/v1/log/witness/batch", json=body)
+        results = WitnessAckResults.model_validate(resp.json()).results
+        if [r.participant for r in results] != [w.node_id for w in witnesses]:
+            raise ValueError("the cloud's results do not answer the batch in order")
+    except (CloudRejected, ValueError) as exc:
+        log.warning("%d acknowledgements refused together (%s); sending one by one", len(witnesses), exc)
+        for w in witnesses:
+            await w.acknowledge(cloud, seen, force=True)
+        return
+    except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+        log.warning("checkpoint acknowledgements not delivered (%s)", exc)
+        return
+    for w, r in zip(witnesses, results, strict=True):
+        if r.status == 200:
+            w.acked(seen)
+        else:
+            w.ack_refused(seen, f"{r.status}: {r.detail}")

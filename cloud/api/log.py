@@ -6,8 +6,8 @@ acknowledgements of what they checked (cloud/witnesses.py). Auditors read entrie
 from fastapi import APIRouter
 
 from cloud.api.deps import CloudDep, Size, errors
-from cloud.witnesses import WitnessAckBody, WitnessAckView
-from federation.responses import CheckpointView, ConsistencyProof
+from cloud.witnesses import WitnessAckBatch, WitnessAckBody, WitnessAckView
+from federation.responses import CheckpointView, ConsistencyProof, WitnessAckResults
 
 router = APIRouter(tags=["public"])
 
@@ -30,3 +30,9 @@ def log_witness(ack: WitnessAckBody, cloud: CloudDep) -> WitnessAckView:
     """A node's signed acknowledgement that it verified this log's checkpoint of `tree_size` entries (root `root`);
     the cloud flags nodes that submit updates without checking (`cloud.witnesses`)."""
     return cloud.witnesses.acknowledge(ack)
+
+
+@router.post("/v1/log/witness/batch", tags=["participants"], responses=errors(400, 401, 403))
+def log_witness_batch(acks: WitnessAckBatch, cloud: CloudDep) -> WitnessAckResults:
+    """Several nodes' acknowledgements (a hospital pool's): every signature checked first, then each as if alone."""
+    return cloud.witnesses.acknowledge_batch(acks)

@@ -121,7 +121,7 @@ SIGNED = {("POST", "/v1/participants"), ("POST", "/v1/rounds/{round_id}/updates"
           ("POST", "/v1/rounds/{round_id}/refusals"), ("POST", "/v1/models/{version}/evaluations"),
           ("POST", "/v1/drift/reports"), ("POST", "/v1/consent/reports"),
           # intrusion response (cloud/intrusion_reports.py, cloud/witnesses.py): signed over the body
-          ("POST", "/v1/intrusion/reports"), ("POST", "/v1/log/witness"),
+          ("POST", "/v1/intrusion/reports"), ("POST", "/v1/log/witness"), ("POST", "/v1/log/witness/batch"),
           # region relays (cloud/api/regions.py): enrolment by one-time token, then signed by the region's key
           ("POST", "/v1/regions"), ("GET", "/v1/regions/{region_id}/participant-keys"),
           ("POST", "/v1/rounds/{round_id}/region-aggregates"),

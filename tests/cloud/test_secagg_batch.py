@@ -11,7 +11,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from federation import secagg
-from federation.limits import MAX_SECAGG_BATCH
+from federation.limits import MAX_BATCH
 from federation.responses import SecAggView, SecAggViews
 from tests.cloud.participants import ADMIN, FakeNode, assert_reason, audit_kinds, open_round, wait_state
 from tests.cloud.test_secagg import enrolled, submit_all, weights
@@ -130,7 +130,7 @@ def test_batched_views_are_the_views_each_participant_gets_alone(cloud, http: ht
 def test_oversized_batches_are_refused_before_anything_is_read(cloud, http: httpx.Client) -> None:  # noqa: ANN001
     nodes = enrolled(http, 1)
     req = secagg.view_request(nodes[0].key, round_id=1, participant=nodes[0].id, at=time.time())
-    assert http.post("/v1/rounds/1/secagg/views", json={"requests": [req] * (MAX_SECAGG_BATCH + 1)}).status_code == 422
+    assert http.post("/v1/rounds/1/secagg/views", json={"requests": [req] * (MAX_BATCH + 1)}).status_code == 422
     assert http.post("/v1/rounds/1/secagg/views", json={"requests": []}).status_code == 422
     huge = {"keys": [{"advert": {"x": "0" * 4_000_000}, "signature": ""}]}
     assert http.post("/v1/rounds/1/secagg/batch", json=huge).status_code == 413

@@ -81,6 +81,7 @@ def test_pool_nodes_answer_a_round_as_distinct_participants(cloud, tmp_path: Pat
         assert posts.get("/v1/rounds/{round_id}/secagg/batch", 0) >= 4, posts
         assert posts.get("/v1/rounds/{round_id}/secagg/views", 0) >= 4, posts
         assert not {"/v1/rounds/{round_id}/secagg/keys", "/v1/rounds/{round_id}/secagg/shares"} & set(posts), posts
+        assert posts.get("/v1/log/witness/batch", 0) >= 1, posts  # the nodes' acknowledgements of the audit log
         assert report["state"] == "completed"
         assert sorted(u["participant"] for u in report["updates"]) == ids
         keys = {json.loads((tmp_path / pid / "enrolled.json").read_text())["public_key"] for pid in ids}
