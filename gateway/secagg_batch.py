@@ -1,5 +1,6 @@
 """A hospital pool's nodes answer a secure-aggregation phase together: one request for all their views and one for
-all their messages (`/secagg/views`, `/secagg/batch`), instead of two per node. Each node still signs its own view
+all their messages (`/secagg/views`, `/secagg/batch`), instead of two per node; in the input phase, one request for
+the views they mask against. Each node still signs its own view
 request and message with its own key, builds its answer from its own view and keeps its secrets in its own state
 directory (`gateway.secagg_client`); the cloud checks each as if it came alone. If the cloud refuses a batch whole
 (one node's signature or lock, or a cloud without batches), the nodes answer one by one, each with its own refusal.
@@ -25,6 +26,9 @@ async def step_together(clients: Sequence[SecAggClient], rnd: PublicRound, cloud
                         one_by_one: OneByOne) -> None:
     """Answer the round's current phase for every client that has it to answer; `one_by_one` steps clients on
     their own (the fallback)."""
+    if rnd.secagg_phase == "input":
+        await _fetch_input_views([c for c in clients if c.needs_input_view(rnd)], rnd.round, cloud)
+        return
     due = [c for c in clients if c.pending(rnd)]
     if len(due) < 2:
         await one_by_one(due)
@@ -55,6 +59,22 @@ async def step_together(clients: Sequence[SecAggClient], rnd: PublicRound, cloud
                 answers.append((client, body))
     if answers:
         await _send(answers, round_id, phase, cloud)
+
+
+async def _fetch_input_views(clients: list[SecAggClient], round_id: int, cloud: CloudClient) -> None:
+    """Give every node about to mask its input its view, in one request (a node without one asks on its own)."""
+    if len(clients) < 2:
+        return
+    try:
+        resp = await cloud.request("POST", f"/v1/rounds/{round_id}/secagg/views",
+                                   json={"requests": [c.view_request(round_id) for c in clients]})
+        views = SecAggViews.model_validate(resp.json())
+    except (CloudRejected, ValueError, httpx.TransportError) as exc:
+        log.warning("round %s: views for masking not fetched together (%s); each node asks on its own", round_id, exc)
+        return
+    for client, own in zip(clients, views.views, strict=False):
+        if own.participant == client.participant and own.status == 200:
+            client.keep_input_view(round_id, views.view_of(own))
 
 
 async def _send(answers: list[tuple[SecAggClient, dict]], round_id: int, phase: str, cloud: CloudClient) -> None:

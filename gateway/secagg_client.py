@@ -40,6 +40,7 @@ class SecAggClient:
         self.dir = state_dir / "secagg"
         self._sessions: dict[int, secagg.ParticipantSession] = {}
         self._answered: set[tuple[int, str]] = set()  # (round, phase) already answered: no view fetch needed
+        self._input_views: dict[int, SecAggView] = {}  # a view of the input phase a pool fetched for it (masking)
 
     # -- the round's secrets on disk -------------------------------------------------------------------------
     def _path(self, round_id: int) -> Path:
@@ -87,10 +88,19 @@ class SecAggClient:
         session = self._session(round_id, create=False)
         if session is None:
             raise secagg.SecAggError(f"no secure-aggregation session for round {round_id}")
-        view = (await self.view(round_id)).model_dump(mode="json")
-        blob = await asyncio.to_thread(session.masked_blob, view, weighted_update, ctx)
+        typed = self._input_views.pop(round_id, None) or await self.view(round_id)
+        blob = await asyncio.to_thread(session.masked_blob, typed.model_dump(mode="json"), weighted_update, ctx)
         self._save(session)
         return blob
+
+    def needs_input_view(self, rnd: PublicRound) -> bool:
+        """True if the round takes inputs and this node will mask one without a view in hand (a pool fetches its
+        nodes' views together: the keys and U2 they mask against no longer change in this phase)."""
+        return self.input_ready(rnd) and rnd.round not in self._input_views
+
+    def keep_input_view(self, round_id: int, view: SecAggView) -> None:
+        if view.phase == "input":
+            self._input_views = {round_id: view}  # one round at a time
 
     def pending(self, rnd: PublicRound) -> bool:
         """True if the round's current phase (not input) is this node's to answer; forgets finished rounds."""
