@@ -1,8 +1,8 @@
 """A hospital pool's nodes answer a secure-aggregation phase together: one request for all their views and one for
 all their messages (`/secagg/views`, `/secagg/batch`), instead of two per node; in the input phase, one request for
-the views they mask against. Each node still signs its own view
-request and message with its own key, builds its answer from its own view and keeps its secrets in its own state
-directory (`gateway.secagg_client`); the cloud checks each as if it came alone. If the cloud refuses a batch whole
+the views they mask against. Each node still signs its own view request and message with its own key, builds its
+answer from its own view and keeps its secrets in its own state directory (`gateway.secagg_client`); the cloud
+checks each as if it came alone. If the cloud refuses a batch whole
 (one node's signature or lock, or a cloud without batches), the nodes answer one by one, each with its own refusal.
 """
 
@@ -35,11 +35,7 @@ async def step_together(clients: Sequence[SecAggClient], rnd: PublicRound, cloud
         return
     round_id, phase = rnd.round, rnd.secagg_phase
     try:
-        resp = await cloud.request("POST", f"/v1/rounds/{round_id}/secagg/views",
-                                   json={"requests": [c.view_request(round_id) for c in due]})
-        views = SecAggViews.model_validate(resp.json())
-        if [v.participant for v in views.views] != [c.participant for c in due]:
-            raise ValueError("the cloud's views do not answer the requests in order")
+        views = await _views(due, round_id, cloud)
     except (CloudRejected, ValueError) as exc:
         log.warning("round %s, phase %s: views of %d nodes refused together (%s); asking one by one",
                     round_id, phase, len(due), exc)
@@ -66,15 +62,23 @@ async def _fetch_input_views(clients: list[SecAggClient], round_id: int, cloud: 
     if len(clients) < 2:
         return
     try:
-        resp = await cloud.request("POST", f"/v1/rounds/{round_id}/secagg/views",
-                                   json={"requests": [c.view_request(round_id) for c in clients]})
-        views = SecAggViews.model_validate(resp.json())
+        views = await _views(clients, round_id, cloud)
     except (CloudRejected, ValueError, httpx.TransportError) as exc:
         log.warning("round %s: views for masking not fetched together (%s); each node asks on its own", round_id, exc)
         return
-    for client, own in zip(clients, views.views, strict=False):
-        if own.participant == client.participant and own.status == 200:
+    for client, own in zip(clients, views.views, strict=True):
+        if own.status == 200:
             client.keep_input_view(round_id, views.view_of(own))
+
+
+async def _views(clients: list[SecAggClient], round_id: int, cloud: CloudClient) -> SecAggViews:
+    """Every client's view in one request (a ValueError if the answer does not answer the requests in order)."""
+    resp = await cloud.request("POST", f"/v1/rounds/{round_id}/secagg/views",
+                               json={"requests": [c.view_request(round_id) for c in clients]})
+    views = SecAggViews.model_validate(resp.json())
+    if [v.participant for v in views.views] != [c.participant for c in clients]:
+        raise ValueError("the cloud's views do not answer the requests in order")
+    return views
 
 
 async def _send(answers: list[tuple[SecAggClient, dict]], round_id: int, phase: str, cloud: CloudClient) -> None:
