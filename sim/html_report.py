@@ -479,7 +479,9 @@ def _section_scale(summary: dict) -> str:
         for n in scale["participants"]:
             per_round = [r.get("round_seconds") for r in runs.get(f"{n}{run_suffix}", {}).get("rounds", [])]
             rows.append([n, label, _fmt(scale.get(f"round_seconds_{n}{suffix}")),
-                         ", ".join(_fmt(t) for t in per_round)])
+                         ", ".join(_fmt(t) for t in per_round), _fmt(scale.get(f"cloud_cpu_seconds_{n}{suffix}")),
+                         _fmt(scale.get(f"region_relays_cpu_seconds_{n}{suffix}")),
+                         _fmt(scale.get(f"participants_cpu_seconds_{n}{suffix}"))])
             ax.plot(range(1, len(per_round) + 1), [_num(t) for t in per_round], marker="o",
                     linestyle="--" if suffix else "-", label=f"{n} participants, {label}")
     ax.set_xlabel("round")
@@ -490,7 +492,8 @@ def _section_scale(summary: dict) -> str:
     note = _note(f"Median round time at {max(scale['participants'])} participants over "
                  f"{min(scale['participants'])}: {ratios}. Every count trains on the same {scale.get('patients')} "
                  "clinical patients.")
-    return note + _png(fig) + _table(["participants", "path", "median round s", "round seconds"], rows)
+    return note + _png(fig) + _table(["participants", "path", "median round s", "round seconds",
+                                      "cloud CPU s per round", "region relays' CPU s", "participants' CPU s"], rows)
 
 
 SECTIONS: tuple[tuple[str, Callable[[dict], str]], ...] = (

@@ -49,6 +49,21 @@ class ProcessGroup:
                 tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"{name} exited with code {code}; last log lines:\n{tail}")
 
+    def cpu_seconds(self, names: list[str]) -> float | None:
+        """User plus system CPU time the named live processes have used so far (Linux's /proc; None elsewhere)."""
+        total = 0.0
+        for name in names:
+            proc = self.procs.get(name)
+            if proc is None or proc.poll() is not None:
+                continue
+            try:
+                stat = Path(f"/proc/{proc.pid}/stat").read_text()
+            except OSError:
+                return None
+            fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (proc(5))
+        return total
+
     def kill(self, name: str) -> None:
         """SIGKILL, as a crash: no chance to checkpoint. The process counts as down until started again."""
         self.down.add(name)

@@ -429,8 +429,17 @@ class Replay:
         self.printer.warn(f"fault {f.kind} {edge} at simulated hour {hours:.2f}: {detail}")
 
     # -- rounds --------------------------------------------------------------------------------------
+    def _cpu(self) -> dict[str, float | None]:
+        """CPU seconds used so far by the cloud, the region relays and the participants' processes."""
+        names = [n for n in self.group.procs if n != "cloud"]
+        relays = [n for n in names if n.startswith("region-")]
+        nodes = {g.id for g in self.s.gateways} | {h.id for h in self.s.hospitals}
+        participants = [n for n in names if n.startswith("hospital-pool-") or n in nodes]
+        return {"cloud": self.group.cpu_seconds(["cloud"]), "region_relays": self.group.cpu_seconds(relays),
+                "participants": self.group.cpu_seconds(participants)}
+
     def run_round(self, k: int, cutoff: float, heldout: HeldOut, progress) -> dict:  # noqa: ANN001
-        t0 = time.time()
+        t0, cpu0 = time.time(), self._cpu()
         r = self.s.rounds
         resp = self._post("data_scientist", "/v1/rounds", {"quorum": r.quorum, "deadline_s": r.deadline_s,
                                                            "data_cutoff": cutoff, "local_epochs": r.local_epochs})
@@ -444,6 +453,9 @@ class Replay:
 
         wait_until(closed, timeout=r.deadline_s + 120, what=f"round {round_id} to close")
         round_seconds = time.time() - t0  # open -> aggregated, decrypted and a model version created (or failed)
+        cpu1 = self._cpu()  # each tier's CPU over the same span (participants: hospitals, pools and gateways)
+        cpu = {tier: round(cpu1[tier] - cpu0[tier], 2) for tier in cpu0
+               if cpu0[tier] is not None and cpu1[tier] is not None}
         report = self._get_as(RoundReport, f"/v1/rounds/{round_id}")
         version = report.result_model_version
         row = {"round": round_id, "state": report.state, "participants": [u.participant for u in report.updates],
@@ -479,6 +491,7 @@ class Replay:
         row["windows"] = {u.participant: u.n_samples for u in report.updates}  # patients, or windows
         row["bytes_up"] = sum(u.bytes for u in report.updates)
         row["round_seconds"] = round(round_seconds, 2)
+        row["cpu_seconds"] = cpu
         row["seconds"] = round(time.time() - t0, 2)
         return row
 

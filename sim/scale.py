@@ -4,7 +4,9 @@ Every count trains on the same clinical cohort (the scenario's `[scale]` patient
 hospital participants hosted in `pool_processes` pool processes), so the training work per round is the same
 and what grows with the count is the per-participant cost: accounting, encryption, signing, submission and
 the cloud's checks and ciphertext sum. Round time is wall time from the round's opening to a new model version
-(collection, aggregation, decryption), the median over the scenario's rounds. Each count is a full replay in
+(collection, aggregation, decryption), the median over the scenario's rounds; beside it, each tier's median CPU
+seconds per round (`cloud_cpu_seconds_<n>`, `region_relays_...`, `participants_...`: the processes' user and system
+time over the same span, from Linux's /proc). Each count is a full replay in
 `DIR/n<count>/`; `DIR/summary.json` is the largest count's summary plus `scale` and per-count `runs`.
 
 With `ray` (`wearfed replay SCALE --ray auto|ADDRESS`) the study starts or joins Ray once (`sim.executors`) and
@@ -78,13 +80,27 @@ def _run_scale(s: Scenario, out: Path, *, broker: str, ray_address: str | None, 
         if f"ratio{suffix}" in scale:
             ratio = "n/a" if scale[f"ratio{suffix}"] is None else f"{scale[f'ratio{suffix}']:.2f}x"
             print(f"scale ({label}): round time {scale[f'round_seconds_{low}{suffix}']} s at {low} participants, "
-                  f"{scale[f'round_seconds_{high}{suffix}']} s at {high}: ratio {ratio}")
+                  f"{scale[f'round_seconds_{high}{suffix}']} s at {high}: ratio {ratio}; the cloud's CPU per round "
+                  f"{scale.get(f'cloud_cpu_seconds_{low}{suffix}')} s and "
+                  f"{scale.get(f'cloud_cpu_seconds_{high}{suffix}')} s")
     return summary
 
 
+def cpu_per_round(summary: dict, tier: str) -> float | None:
+    """Median CPU seconds a tier's processes used per completed round (`cloud`, `region_relays`, `participants`)."""
+    used = [r["cpu_seconds"][tier] for r in summary["rounds"]
+            if r.get("model_version") is not None and tier in r.get("cpu_seconds", {})]
+    return round(statistics.median(used), 2) if used else None
+
+
 def _ratio(runs: dict[int, dict], low: int, high: int, suffix: str) -> dict:
-    """Median round seconds per count and the largest count's over the smallest's, keys ending in `suffix`."""
+    """Median round seconds per count and the largest count's over the smallest's, and each tier's median CPU
+    seconds per round, keys ending in `suffix`."""
     out: dict = {f"round_seconds_{n}{suffix}": round_seconds(r) for n, r in sorted(runs.items())}
     t_low, t_high = out[f"round_seconds_{low}{suffix}"], out[f"round_seconds_{high}{suffix}"]
     out[f"ratio{suffix}"] = round(t_high / t_low, 3) if t_low and t_high else None
+    for n, r in sorted(runs.items()):
+        for tier in ("cloud", "region_relays", "participants"):
+            if (cpu := cpu_per_round(r, tier)) is not None and (tier != "region_relays" or cpu > 0):
+                out[f"{tier}_cpu_seconds_{n}{suffix}"] = cpu
     return out

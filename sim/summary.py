@@ -56,6 +56,7 @@ class RoundRecord(BaseModel):
     windows: dict[str, int]  # participant -> training units (patients, or windows)
     bytes_up: int
     round_seconds: float | None = None
+    cpu_seconds: dict[str, float] | None = None  # cloud, region_relays, participants -> CPU s over the round (Linux)
     seconds: float
 
 

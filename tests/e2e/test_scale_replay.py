@@ -23,6 +23,7 @@ def test_scale_study_reports_round_time_per_participant_count(tmp_path: Path) ->
     assert scale["participants"] == [3, 4] and scale["patients"] == 8
     assert scale["ratio"] == round(scale["round_seconds_4"] / scale["round_seconds_3"], 3)
     assert "ratio_regions" not in scale  # regions = 0: the direct path only
+    assert all(scale[f"cloud_cpu_seconds_{n}"] > 0 and scale[f"participants_cpu_seconds_{n}"] > 0 for n in (3, 4))
     for n in (3, 4):
         rounds = summary["runs"][str(n)]["rounds"]
         assert len(rounds) == 2 and all(r["model_version"] is not None for r in rounds), rounds
@@ -56,5 +57,6 @@ def test_scale_study_through_region_relays(tmp_path: Path) -> None:
         assert all(len(r["participants"]) == n for r in rounds)
         run = tmp_path / "run" / f"n{n}-regions2"
         assert (run / "logs" / "region-1.log").exists() and (run / "logs" / "region-2.log").exists()
+        assert scale[f"region_relays_cpu_seconds_{n}_regions"] > 0  # the relays' own CPU, beside the cloud's
         spec = json.loads((run / "hospital-pool-0.json").read_text())
         assert {node["region"] for node in spec["nodes"]} <= {"region-1", "region-2"}
