@@ -100,12 +100,11 @@ class SecAggMessages:
         batches.authenticate(self.store, self.participants, signed, domain=secagg.DOMAIN, kind="secagg.rejected")
         results = []
         with self.store.tx() as s:
-            for phase, doc, signature in docs:
+            for (phase, doc, signature), item in zip(docs, signed, strict=True):
                 pid = doc["participant"]
                 try:
-                    with self.store.refusals("secagg.rejected", pid, session=s, action=f"secagg.{phase}",
-                                             round=round_id, doc_sha256=_digest(doc)):
-                        ack = self._accept(s, round_id, phase, doc, signature)
+                    with self.store.refusals("secagg.rejected", pid, session=s, action=item.action, **item.detail):
+                        ack = self._accept(s, round_id, phase, doc, signature, authenticated=True)
                 except CloudError as exc:
                     results.append(SecAggBatchItem(participant=pid, phase=phase, status=exc.status,
                                                    detail=exc.reason))
@@ -167,16 +166,19 @@ class SecAggMessages:
             self.phases.advance(round_id)
         return ack
 
-    def _accept(self, s: Session, round_id: int, phase: str, doc: dict, signature: str) -> SecAggAck:
+    def _accept(self, s: Session, round_id: int, phase: str, doc: dict, signature: str, *,
+                authenticated: bool = False) -> SecAggAck:
         """Check one message and store it with its audit entry in `s`; every check comes before any write, so a
-        refusal leaves the transaction as it found it."""
+        refusal leaves the transaction as it found it. `authenticated`: its signature was checked already
+        (`cloud.batches`)."""
         check = {"advertise": self._check_advert, "share": self._check_shares,
                  "consistency": self._check_consistency, "unmask": self._check_unmask}[phase]
         pid = doc["participant"]
         digest = _digest(doc)
         if doc["round"] != round_id:
             raise BadRequest(f"message is for round {doc['round']}, posted to round {round_id}")
-        self.participants.verified(s, pid, doc, signature, domain=secagg.DOMAIN)
+        if not authenticated:
+            self.participants.verified(s, pid, doc, signature, domain=secagg.DOMAIN)
         r = get_round(s, round_id)
         prior = s.scalar(select(SecAggMessage).where(SecAggMessage.round_id == round_id,
                                                      SecAggMessage.participant == pid, SecAggMessage.phase == phase))
@@ -213,7 +215,7 @@ class SecAggMessages:
         with self.store.read() as s:
             for req in batch.requests:
                 try:
-                    r, sa, own = self._own_view(s, round_id, req)
+                    r, sa, own = self._own_view(s, round_id, req, authenticated=True)
                 except CloudError as exc:
                     owns.append(SecAggOwnView(participant=req.participant, status=exc.status, detail=exc.reason))
                     continue
@@ -221,14 +223,16 @@ class SecAggMessages:
                 shared = shared or self._shared_view(s, r, sa)
             return SecAggViews(round=round_id, **(shared or {}), views=owns)
 
-    def _own_view(self, s: Session, round_id: int, req: SecAggViewRequest
+    def _own_view(self, s: Session, round_id: int, req: SecAggViewRequest, *, authenticated: bool = False
                   ) -> tuple[Round, SecAggRound, SecAggOwnView]:
-        """Check one signed view request; the round, its secure aggregation and the requester's own part."""
-        doc = req.model_dump(mode="json", exclude={"signature"})
+        """Check one signed view request (its signature too, unless `authenticated` already); the round, its secure
+        aggregation and the requester's own part."""
         with self.store.refusals("secagg.rejected", req.participant, action="secagg.view", round=round_id):
             if req.round != round_id:
                 raise BadRequest(f"view request is for round {req.round}, posted to round {round_id}")
-            self.participants.verified(s, req.participant, doc, req.signature, domain=secagg.DOMAIN)
+            if not authenticated:
+                doc = req.model_dump(mode="json", exclude={"signature"})
+                self.participants.verified(s, req.participant, doc, req.signature, domain=secagg.DOMAIN)
             if abs(time.time() - req.at) > VIEW_FRESHNESS_S:
                 raise BadRequest(f"view request is {time.time() - req.at:.0f} s old; at most {VIEW_FRESHNESS_S:.0f}")
             r = get_round(s, round_id)

@@ -49,9 +49,10 @@ class ProcessGroup:
                 tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"{name} exited with code {code}; last log lines:\n{tail}")
 
-    def cpu_seconds(self, names: list[str]) -> float | None:
-        """User plus system CPU time the named live processes have used so far (Linux's /proc; None elsewhere)."""
-        total = 0.0
+    def cpu_seconds(self, names: list[str]) -> dict[int, float] | None:
+        """User plus system CPU time each named live process has used so far, by pid (a restarted process is a new
+        one); Linux's /proc, None elsewhere."""
+        used = {}
         for name in names:
             proc = self.procs.get(name)
             if proc is None or proc.poll() is not None:
@@ -61,8 +62,8 @@ class ProcessGroup:
             except OSError:
                 return None
             fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (proc(5))
-        return total
+            used[proc.pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (proc(5))
+        return used
 
     def kill(self, name: str) -> None:
         """SIGKILL, as a crash: no chance to checkpoint. The process counts as down until started again."""

@@ -429,14 +429,25 @@ class Replay:
         self.printer.warn(f"fault {f.kind} {edge} at simulated hour {hours:.2f}: {detail}")
 
     # -- rounds --------------------------------------------------------------------------------------
-    def _cpu(self) -> dict[str, float | None]:
-        """CPU seconds used so far by the cloud, the region relays and the participants' processes."""
-        names = [n for n in self.group.procs if n != "cloud"]
-        relays = [n for n in names if n.startswith("region-")]
+    def _cpu(self) -> dict[str, dict[int, float] | None]:
+        """CPU seconds each process of the cloud, the region relays and the participants has used so far, by pid
+        (a tier with no process is left out)."""
         nodes = {g.id for g in self.s.gateways} | {h.id for h in self.s.hospitals}
-        participants = [n for n in names if n.startswith("hospital-pool-") or n in nodes]
-        return {"cloud": self.group.cpu_seconds(["cloud"]), "region_relays": self.group.cpu_seconds(relays),
-                "participants": self.group.cpu_seconds(participants)}
+        tiers = {"cloud": ["cloud"], "region_relays": [n for n in self.group.procs if n.startswith("region-")],
+                 "participants": [n for n in self.group.procs if n.startswith("hospital-pool-") or n in nodes]}
+        return {tier: self.group.cpu_seconds(names) for tier, names in tiers.items() if names}
+
+    @staticmethod
+    def _cpu_between(before: dict[str, dict[int, float] | None], after: dict[str, dict[int, float] | None]
+                     ) -> dict[str, float]:
+        """Each tier's CPU seconds between two readings: a process started meanwhile counts from zero, one that
+        ended meanwhile is left out (its last part is lost with it)."""
+        out = {}
+        for tier, now in after.items():
+            then = before.get(tier)
+            if now is not None and then is not None:
+                out[tier] = round(sum(cpu - then.get(pid, 0.0) for pid, cpu in now.items()), 2)
+        return out
 
     def run_round(self, k: int, cutoff: float, heldout: HeldOut, progress) -> dict:  # noqa: ANN001
         t0, cpu0 = time.time(), self._cpu()
@@ -453,9 +464,7 @@ class Replay:
 
         wait_until(closed, timeout=r.deadline_s + 120, what=f"round {round_id} to close")
         round_seconds = time.time() - t0  # open -> aggregated, decrypted and a model version created (or failed)
-        cpu1 = self._cpu()  # each tier's CPU over the same span (participants: hospitals, pools and gateways)
-        cpu = {tier: round(cpu1[tier] - cpu0[tier], 2) for tier in cpu0
-               if cpu0[tier] is not None and cpu1[tier] is not None}
+        cpu = self._cpu_between(cpu0, self._cpu())  # over the same span (participants: hospitals, pools, gateways)
         report = self._get_as(RoundReport, f"/v1/rounds/{round_id}")
         version = report.result_model_version
         row = {"round": round_id, "state": report.state, "participants": [u.participant for u in report.updates],

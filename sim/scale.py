@@ -101,6 +101,6 @@ def _ratio(runs: dict[int, dict], low: int, high: int, suffix: str) -> dict:
     out[f"ratio{suffix}"] = round(t_high / t_low, 3) if t_low and t_high else None
     for n, r in sorted(runs.items()):
         for tier in ("cloud", "region_relays", "participants"):
-            if (cpu := cpu_per_round(r, tier)) is not None and (tier != "region_relays" or cpu > 0):
+            if (cpu := cpu_per_round(r, tier)) is not None:
                 out[f"{tier}_cpu_seconds_{n}{suffix}"] = cpu
     return out

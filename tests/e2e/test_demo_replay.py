@@ -33,7 +33,7 @@ def test_reduced_demo_federates_without_losing_a_reading(tmp_path: Path, broker:
         assert r["bytes_up"] > 0 and r["seconds"] > 0
         # the cloud's and the participants' own CPU over the round, read from /proc (no relays in the demo)
         assert r["cpu_seconds"]["cloud"] > 0 and r["cpu_seconds"]["participants"] > 0, r["cpu_seconds"]
-        assert r["cpu_seconds"]["region_relays"] == 0
+        assert "region_relays" not in r["cpu_seconds"]
         for p in everyone:
             eps = r["epsilon"][p]
             assert eps["value"] > 0 and eps["delta"] == 1e-5
