@@ -193,8 +193,8 @@ class SecAggViewRequest(Strict):
 
 
 class SecAggBatch(Strict):
-    """Several participants' signed messages of one secure-aggregation phase in one request (a hospital pool's
-    nodes): the carrier needs no identity of its own; the cloud checks each message on its own signature, exactly as
+    """Several participants' signed secure-aggregation messages in one request (a hospital pool's nodes send one
+    phase's): the carrier needs no identity of its own; the cloud checks each message on its own signature, exactly as
     if it had been posted alone, and answers each one (`SecAggBatchResult`)."""
 
     keys: list[SecAggKeys] = Field(default=[], max_length=MAX_BATCH)
