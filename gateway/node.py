@@ -92,6 +92,15 @@ class NodeConfig:
         return PrivacyRNG.simulation(np.random.SeedSequence([int(self.seed), int(round_id)]))
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A round's update trained ahead of its release: nothing of it has left the node or been booked."""
+
+    result: TrainResult
+    delta: np.ndarray  # trained weights minus the round's base weights
+    dp: DPReport  # its privacy cost, the history it would book included
+
+
 class ParticipantNode:
     def __init__(self, cfg: NodeConfig, windows: WindowSource, *, on_round: RoundHook | None = None,
                  trainer: Executor | None = None) -> None:
@@ -113,6 +122,7 @@ class ParticipantNode:
         self.witness = LogWitness(cfg.state_dir, node_id=cfg.participant_id, pinned_key=cfg.log_key,
                                   interval_s=cfg.witness_interval_s, key=self.key)
         self._public_ctx = None
+        self._ahead: dict[int, asyncio.Task] = {}  # round -> its training started ahead (`train_ahead`)
         self.binding: dict | None = None  # pinned at enrollment (federation.enrollment)
         if cfg.privacy_rng == SIMULATION:
             log.warning("%s: %s", cfg.participant_id, PrivacyRNG.simulation(0).label)
@@ -198,6 +208,7 @@ class ParticipantNode:
 
     async def serve_round(self, rnd: PublicRound) -> None:
         """Answer `rnd` if this node is expected and has not answered; errors affect this round only."""
+        self.train_ahead(rnd)
         await self.secagg.step(rnd)  # secure aggregation's phases other than input (gateway.secagg_client)
         if not self.should_answer(rnd):
             return
@@ -237,32 +248,54 @@ class ParticipantNode:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.cfg.poll_seconds)
 
-    async def answer(self, rnd: PublicRound) -> None:
-        round_id, unit = rnd.round, self.cfg.dp.unit
+    def train_ahead(self, rnd: PublicRound | None) -> None:
+        """Start training for a round this node is expected in as soon as the round collects, so that training
+        overlaps the secure-aggregation phases before input; the result stays in memory, unreleased and unbooked,
+        until `answer`. Preparations for any other round are dropped."""
+        if rnd is None:  # the cloud did not answer this poll: keep what is under way
+            return
+        for stale in [r for r in self._ahead if r != rnd.round]:
+            self._ahead.pop(stale).cancel()
+        if rnd.state != "collecting" or rnd.round in self._ahead:
+            return
+        if str(rnd.round) in self.state.answered or self.cfg.participant_id not in rnd.expected:
+            return
+        task = asyncio.create_task(self._prepare(rnd))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved by `answer`, or dropped
+        self._ahead[rnd.round] = task
+
+    async def _prepare(self, rnd: PublicRound) -> Prepared | str:
+        """The round's trained update and its privacy cost, or why the node refuses the round."""
+        unit = self.cfg.dp.unit
         data = await asyncio.to_thread(self.windows, rnd.data_cutoff)
         n_windows = len(data[1] if isinstance(data, tuple) else data.y)
         if n_windows < self.cfg.min_windows:
-            await self.refuse(round_id, f"only {n_windows} training windows (need {self.cfg.min_windows})")
-            return
+            return f"only {n_windows} training windows (need {self.cfg.min_windows})"
         n_units = units_of(data, unit)
         q, steps = plan_steps(n_units, cfg=self.cfg.dp, epochs=rnd.local_epochs)
         step = (self.cfg.dp.noise_multiplier, q, steps)
-        before = self.state.steps()
-        projected = await asyncio.to_thread(self.epsilon, [*before, step])
+        history = [*self.state.steps(), step]
+        projected = await asyncio.to_thread(self.epsilon, history)
         if projected > self.cfg.dp.epsilon_cap:
-            await self.refuse(round_id, f"privacy cap: cumulative epsilon would reach {projected:.3f} > cap "
-                                        f"{self.cfg.dp.epsilon_cap} (delta {self.cfg.dp.delta}, per {unit}, "
-                                        f"{self.cfg.dp.accountant})")
-            return
+            return (f"privacy cap: cumulative epsilon would reach {projected:.3f} > cap {self.cfg.dp.epsilon_cap} "
+                    f"(delta {self.cfg.dp.delta}, per {unit}, {self.cfg.dp.accountant})")
         base_w = await self.base_weights(rnd.base_model_version)
-        result = await self.train(round_id, base_w, data, epochs=rnd.local_epochs)
-        round_eps = await asyncio.to_thread(self.epsilon, [step])
-        weighted_delta = ckks.weighted_update(result.weights.astype(np.float64) - base_w, result.n_samples)
-        blob = await self.secagg.masked_blob(round_id, weighted_delta, self._public_ctx)
-        history = [*before, step]
+        result = await self.train(rnd.round, base_w, data, epochs=rnd.local_epochs)
         dp = DPReport(noise_multiplier=step[0], sample_rate=q, steps=steps, accountant=self.cfg.dp.accountant,
-                      delta=self.cfg.dp.delta, unit=unit, epsilon_round=round_eps, epsilon_cumulative=projected,
-                      history=[list(h) for h in history])
+                      delta=self.cfg.dp.delta, unit=unit, epsilon_round=await asyncio.to_thread(self.epsilon, [step]),
+                      epsilon_cumulative=projected, history=[list(h) for h in history])
+        return Prepared(result=result, delta=result.weights.astype(np.float64) - base_w, dp=dp)
+
+    async def answer(self, rnd: PublicRound) -> None:
+        round_id, unit = rnd.round, self.cfg.dp.unit
+        ahead = self._ahead.pop(round_id, None)
+        prepared = await ahead if ahead is not None else await self._prepare(rnd)
+        if isinstance(prepared, str):
+            await self.refuse(round_id, prepared)
+            return
+        result, dp = prepared.result, prepared.dp
+        weighted_delta = ckks.weighted_update(prepared.delta, result.n_samples)
+        blob = await self.secagg.masked_blob(round_id, weighted_delta, self._public_ctx)
         env = UpdateEnvelope(round=round_id, participant=self.cfg.participant_id, n_samples=result.n_samples,
                              base_model_version=rnd.base_model_version,
                              ciphertext_sha256=hashlib.sha256(blob).hexdigest(),
@@ -271,12 +304,12 @@ class ParticipantNode:
         body = {"envelope": doc, "signature": sign(self.key, doc),
                 "ciphertext": base64.b64encode(blob).decode("ascii")}
         # Spend first, then send: the privacy cost is booked before anything leaves the node.
-        self.state.history = [list(h) for h in history]
+        self.state.history = [list(h) for h in dp.history]
         self.state.outbox[str(round_id)] = body
         self.state.save(self.state_path)
         log.info("%s trained round %s: %d %ss (%d windows), %d steps, loss %.4f, epsilon %.3f (delta %g, per %s, %s)%s",
-                 self.cfg.participant_id, round_id, result.n_samples, unit, result.n_windows, steps, result.loss,
-                 projected, self.cfg.dp.delta, unit, self.cfg.dp.accountant,
+                 self.cfg.participant_id, round_id, result.n_samples, unit, result.n_windows, dp.steps, result.loss,
+                 dp.epsilon_cumulative, self.cfg.dp.delta, unit, self.cfg.dp.accountant,
                  "" if self.cfg.privacy_rng == SECURE else f" [{PrivacyRNG.simulation(0).label}]")
         await self.flush_outbox()
 

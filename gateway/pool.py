@@ -183,6 +183,8 @@ async def run_pool(nodes: list[tuple[ParticipantNode, ConsentedWindows]], *, tra
             pid = node.cfg.participant_id
             if pid in inflight and inflight[pid].done():
                 inflight.pop(pid).result()  # serve_round handles round errors; anything else is a bug: raise
+        for node, _ in nodes:  # training overlaps the phases before input (ParticipantNode.train_ahead)
+            node.train_ahead(rnd)
         if rnd is not None:  # secure aggregation's phases other than input, the nodes' answers in one batch
             idle = [node.secagg for node, _ in nodes if node.cfg.participant_id not in inflight]
             await step_together(idle, rnd, poller.cloud, one_by_one=lambda due, r=rnd: at_most(

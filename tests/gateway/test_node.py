@@ -7,6 +7,7 @@ import contextlib
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 from device.sensor import synthetic_trace
 from federation import dp_accounting
@@ -125,3 +126,43 @@ def test_submission_survives_a_crash_between_training_and_sending(cloud, tmp_pat
     report = httpx.get(f"{cloud.url}/v1/rounds/{rnd.round}", headers=ADMIN, timeout=30).json()
     assert sorted(u["participant"] for u in report["updates"]) == ["gw-1", "gw-2", "gw-3"]
     assert report["state"] == "completed", report
+
+
+def test_training_runs_ahead_of_the_input_phase_and_books_nothing_until_release(cloud, tmp_path: Path) -> None:  # noqa: ANN001
+    nodes = [node(cloud, tmp_path, f"gw-{k}") for k in (1, 2, 3)]
+
+    async def scenario() -> None:
+        for n in nodes:
+            await n.enroll()
+        async with httpx.AsyncClient(base_url=cloud.url, headers=ADMIN) as http:
+            rid = (await http.post("/v1/rounds", json={"quorum": 3, "deadline_s": 120})).json()["round"]
+            for _ in range(600):  # serve (as `ParticipantNode.run` does) until the round takes inputs, then stop
+                views = [await n.poll_round() for n in nodes]
+                if all(v is not None and v.secagg_phase == "input" for v in views):
+                    break
+                for n, v in zip(nodes, views, strict=True):
+                    if v is not None:
+                        await n.serve_round(v)
+                await asyncio.sleep(0.05)
+            rnd = views[0]
+            assert rnd.secagg_phase == "input" and rnd.round == rid
+            # every update was trained during the phases before input; none was released or booked
+            prepared = [await n._ahead[rid] for n in nodes]
+            assert all(p.result.n_samples == 3 for p in prepared)
+            assert all(NodeState.load(n.state_path).history == [] for n in nodes)
+            assert (await http.get(f"/v1/rounds/{rid}")).json()["updates"] == []
+            # the same update as training at input time (simulation mode: the round's seed fixes sampling and noise)
+            again = await nodes[0]._prepare(rnd)
+            assert np.array_equal(again.delta, prepared[0].delta) and again.dp == prepared[0].dp
+            # a newer round drops the old round's preparation: it is never released, never booked
+            nodes[2].train_ahead(rnd.model_copy(update={"round": rid + 1, "expected": []}))
+            assert rid not in nodes[2]._ahead and NodeState.load(nodes[2].state_path).history == []
+            report = await serve_until(nodes, http, rid, states=("completed", "failed"))  # gw-3 trains again
+        for n in nodes:
+            await n.aclose()
+        assert report["state"] == "completed", report
+        assert [u["participant"] for u in report["updates"]] == ["gw-1", "gw-2", "gw-3"]
+        for n in nodes:  # booked once each at release: the dropped preparation cost gw-3 nothing
+            assert len(NodeState.load(n.state_path).history) == 1
+
+    asyncio.run(scenario())
