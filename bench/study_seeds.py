@@ -5,7 +5,7 @@ training randomness (initial weights, patient sampling, DP-SGD noise) by passing
 and held-out set. Simulation mode (seeded, labelled in each result). Prints one line per seed, then mean and sample
 standard deviation; a setting is better than another only by more than that spread.
 
-    python -m bench.study_seeds --patients 3000 --dp-epsilon 4 --seeds 7,8,9,10,11
+    python -m bench.study_seeds --patients 3000 --dp-epsilon 4 --seeds 7,8,9,10,11 [--set max_grad_norm=0.2 ...]
 """
 
 from __future__ import annotations
@@ -22,10 +22,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--patients", type=int, default=3000)
     ap.add_argument("--dp-epsilon", type=float, default=None, help="DP-SGD epsilon per patient (default: none)")
     ap.add_argument("--dp-lr", type=float, default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="any other StudyConfig field (numbers), e.g. --set patients_per_step=512")
     ap.add_argument("--seeds", default="7,8,9", help="training seeds, comma-separated")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     extra = {} if args.dp_lr is None else {"dp_lr": args.dp_lr}
+    for item in args.set:
+        field, _, value = item.partition("=")
+        if field not in StudyConfig.__dataclass_fields__:
+            ap.error(f"--set {item}: StudyConfig has no field {field!r}")
+        try:
+            extra[field] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            ap.error(f"--set {item}: {value!r} is not a number")
     data = StudyConfig(patients=args.patients, dp_epsilon=args.dp_epsilon, **extra)
     cohort, test = training_cohort(data), heldout(data)
     scores = []
