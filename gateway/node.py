@@ -92,6 +92,14 @@ class NodeConfig:
         return PrivacyRNG.simulation(np.random.SeedSequence([int(self.seed), int(round_id)]))
 
 
+async def next_poll(stop: asyncio.Event, started: float, period: float) -> None:
+    """Wait until `period` seconds after `started` (the event loop's clock), or until `stop`: a poll every period,
+    however long the poll's own work took."""
+    rest = max(0.0, period - (asyncio.get_running_loop().time() - started))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=rest)
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A round's update trained ahead of its release: nothing of it has left the node or been booked."""
@@ -229,6 +237,7 @@ class ParticipantNode:
         if not await self.enroll_until_ready(stop):
             return
         while not stop.is_set():
+            started = asyncio.get_running_loop().time()
             rnd = await self.poll_round()
             try:  # the audit log must extend what this node saw, checked before every answer (gateway/witness.py)
                 if not await self.witness.check(self.cloud, force=self.should_answer(rnd)):
@@ -245,8 +254,7 @@ class ParticipantNode:
             if self.state.outbox:
                 with contextlib.suppress(httpx.TransportError):
                     await self.flush_outbox()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.cfg.poll_seconds)
+            await next_poll(stop, started, self.cfg.poll_seconds)
 
     def train_ahead(self, rnd: PublicRound | None) -> None:
         """Start training for a round this node is expected in as soon as the round collects, so that training

@@ -43,7 +43,7 @@ from gateway.consent import send_reports
 from gateway.daemon import install_stop_signals, write_json_atomic
 from gateway.hospital import check_clinical_data
 from gateway.hospital_consent import HospitalConsent
-from gateway.node import NodeConfig, ParticipantNode
+from gateway.node import NodeConfig, ParticipantNode, next_poll
 from gateway.secagg_batch import step_together
 from gateway.witness import LogWitnessAlarm, acknowledge_together
 
@@ -169,6 +169,7 @@ async def run_pool(nodes: list[tuple[ParticipantNode, ConsentedWindows]], *, tra
 
     poller = nodes[0][0]
     while not stop.is_set():
+        started = asyncio.get_running_loop().time()
         rnd = await poller.poll_round()
         try:  # one witness of the cloud's audit log for the process (gateway/witness.py), before any answer
             if not await poller.witness.check(poller.cloud, force=any(starts(n, rnd) for n, _ in nodes)):
@@ -196,8 +197,7 @@ async def run_pool(nodes: list[tuple[ParticipantNode, ConsentedWindows]], *, tra
             elif pid not in inflight and node.state.outbox:
                 with contextlib.suppress(httpx.TransportError):
                     await node.flush_outbox()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=poll_seconds)
+        await next_poll(stop, started, poll_seconds)
     log.info("pool stopping: letting %d in-flight rounds finish", len(inflight))
     with contextlib.suppress(TimeoutError):  # each submission is checkpointed in its node's outbox first
         await asyncio.wait_for(asyncio.gather(*inflight.values(), return_exceptions=True), timeout=5)

@@ -12,7 +12,7 @@ import numpy as np
 from device.sensor import synthetic_trace
 from federation import dp_accounting
 from federation.windows import windows_from_series
-from gateway.node import NodeConfig, ParticipantNode
+from gateway.node import NodeConfig, ParticipantNode, next_poll
 from gateway.state import NodeState
 from gateway.trainer import DPConfig
 from tests.conftest import ADMIN_TOKEN, ENROLL_TOKEN
@@ -164,5 +164,21 @@ def test_training_runs_ahead_of_the_input_phase_and_books_nothing_until_release(
         assert [u["participant"] for u in report["updates"]] == ["gw-1", "gw-2", "gw-3"]
         for n in nodes:  # booked once each at release: the dropped preparation cost gw-3 nothing
             assert len(NodeState.load(n.state_path).history) == 1
+
+    asyncio.run(scenario())
+
+
+def test_polls_keep_their_period_however_long_a_poll_worked() -> None:
+    async def scenario() -> None:
+        loop, stop = asyncio.get_running_loop(), asyncio.Event()
+        # a poll whose work (answering 25 nodes, say) took longer than the period: the next poll is due now, not a
+        # whole period later (the old loop slept the full period after the work: 30 s here)
+        await asyncio.wait_for(next_poll(stop, loop.time() - 40.0, 30.0), timeout=5.0)
+        # a poll that took no time waits out its period, unless the node is told to stop
+        waiting = asyncio.create_task(next_poll(stop, loop.time(), 30.0))
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        stop.set()
+        await asyncio.wait_for(waiting, timeout=5.0)
 
     asyncio.run(scenario())
