@@ -18,7 +18,6 @@ Label values are bounded: routes are templates ("unmatched" for any other path),
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +33,7 @@ from cloud.db import Participant, Round, Update
 from cloud.governance_db import DriftReportRow, PendingAction
 from cloud.record_db import Alert, Event, PrivacySpend
 from federation import dp_accounting
+from federation.metric_labels import first_match
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ROUND_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 4 * 3600.0)
@@ -57,10 +57,7 @@ REFUSAL_CLASSES: tuple[tuple[str, str], ...] = (
 
 
 def refusal_class(reason: str) -> str:
-    for pattern, name in REFUSAL_CLASSES:
-        if re.search(pattern, reason or "", flags=re.IGNORECASE):
-            return name
-    return "other"
+    return first_match(reason, REFUSAL_CLASSES, "other")
 
 
 class RequestMetrics:

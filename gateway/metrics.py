@@ -11,7 +11,6 @@ the ingest's health. Every metric carries the gateway's id, so one process may s
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from federation.metric_labels import first_match
 from federation.status import GatewayStatus
 
 REGISTRY = CollectorRegistry()
@@ -48,10 +48,7 @@ REASON_CLASSES: tuple[tuple[str, str], ...] = (
 
 
 def reason_class(reason: str) -> str:
-    for pattern, name in REASON_CLASSES:
-        if re.search(pattern, reason, flags=re.IGNORECASE):
-            return name
-    return "schema"
+    return first_match(reason, REASON_CLASSES, "schema")
 
 
 def count_stored(gateway: str, new: int, duplicates: int) -> None:
