@@ -95,6 +95,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                              "sufficient-statistics release (gram-gauss, linear forecaster), 'none' "
                                              "to skip (default 16,8,4,2,1)")
     sweep.add_argument("--heldout-patients", type=int, default=60)
+    sweep.add_argument("--public-pretrain", type=positive, default=0.0, metavar="DAYS",
+                       help="start from a model trained without privacy on DAYS of the 30 published UVA/Padova "
+                            "subjects (public data, sim/public_model.py); 0: random initial weights (default)")
+    sweep.add_argument("--dp-epochs", type=count(1), default=None,
+                       help="DP-SGD passes over each node's patients per round (default 40; 10 suits a pretrained "
+                            "start)")
     sweep.add_argument("--ray", metavar="auto|ADDRESS", default=None,
                        help="run the settings as Ray tasks: 'auto' joins a running cluster or starts a local one, "
                             "or a cluster address (needs the 'scale' extra; docs/scale.md)")
@@ -217,8 +223,9 @@ def _sweep(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)  # a shared small machine: one core per sweep process (run populations in parallel)
     console = Console()
+    tuned = {} if args.dp_epochs is None else {"dp_epochs": args.dp_epochs}
     base = StudyConfig(source=args.source, seed=args.seed, days=args.days, rounds=args.rounds,
-                       heldout_patients=args.heldout_patients)
+                       heldout_patients=args.heldout_patients, public_pretrain_days=args.public_pretrain, **tuned)
     if args.merge:
         try:
             merge(args.out, args.merge, base)

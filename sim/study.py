@@ -124,6 +124,10 @@ class StudyConfig:
     patients_per_step: int = 256
     windows_per_patient: int = 16
     max_grad_norm: float = 0.5
+    # the initial model: random (0) or trained without privacy on this many days of the 30 published subjects
+    # (public data, `sim.public_model`); with it, fewer DP-SGD passes do better (docs/results.md: 10 instead of 40)
+    public_pretrain_days: float = 0.0
+    public_pretrain_epochs: int = 10
     extra: dict = field(default_factory=dict)  # free-form labels carried into the results
 
     def __post_init__(self) -> None:
@@ -208,12 +212,22 @@ def _subsample(w: Windows, per_patient: int, rng: np.random.Generator) -> np.nda
     return np.flatnonzero(ranks < per_patient)
 
 
+def initial_weights(cfg: StudyConfig) -> np.ndarray:
+    """The federation's starting model: random, or pretrained on public subjects (`public_pretrain_days`)."""
+    if cfg.public_pretrain_days <= 0:
+        return model.init_weights(seed=cfg.seed)
+    from sim.public_model import public_pretrained
+
+    return public_pretrained(cfg.source, days=cfg.public_pretrain_days, epochs=cfg.public_pretrain_epochs,
+                             init_seed=cfg.seed)
+
+
 def federate(cfg: StudyConfig, nodes: list[NodeData], *, on_round: Callable[[int, np.ndarray], None] | None = None
              ) -> tuple[np.ndarray, dict]:
     """FedAvg over the nodes for cfg.rounds rounds; returns (final weights, privacy per node)."""
     from gateway.trainer import DPConfig, train_dp
 
-    weights = model.init_weights(seed=cfg.seed)
+    weights = initial_weights(cfg)
     privacy: dict[str, dict] = {}
     plans = {n.name: noise_multiplier(cfg, n.patients) for n in nodes} if cfg.dp_epsilon is not None else {}
     for name, (sigma, q, steps) in plans.items():

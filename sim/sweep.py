@@ -298,12 +298,19 @@ def _day(rows: list[dict], n: int, eps: float | None) -> dict | None:
                  and r["device_epsilon_day"] == eps), None)
 
 
+def _start(base: StudyConfig) -> str:
+    if base.public_pretrain_days <= 0:
+        return f"random initial model, {base.dp_epochs} DP-SGD passes a round"
+    return (f"initial model trained without privacy on {base.public_pretrain_days:g} days of the 30 published subjects "
+            f"(public data), {base.dp_epochs} DP-SGD passes a round")
+
+
 def markdown(rows: list[dict], base: StudyConfig) -> str:
     lines = [f"# Privacy-utility sweep ({base.source}, {base.days:g} days per training patient, {base.rounds} rounds;"
              f" patients split over {base.gateways} gateways and {base.hospitals} hospital(s), hospitals "
              f"{base.hospital_share:.0%}; DP-SGD user-level, epsilon per patient cumulative over all rounds at each "
              f"node, delta {base.dp_delta}, {base.accountant} accountant; held-out: {base.heldout_patients} other "
-             f"virtual patients x {base.heldout_days:g} days; {SIMULATION_LABEL})", "",
+             f"virtual patients x {base.heldout_days:g} days; {_start(base)}; {SIMULATION_LABEL})", "",
              "## Goals (issue 15)", "", "| goal | target | measured | met |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in goals(rows)]
     cols = ("patients", "device_design", "device_epsilon_day", "dp_epsilon", "epsilon_spent_max", "rmse30",
