@@ -248,6 +248,9 @@ def _sweep(args: argparse.Namespace) -> int:
                       devices=devices(args.device), dp_grid=numbers(args.dp, DP_GRID),
                       day_release=tuple(e for e in numbers(args.day_release, DAY_RELEASE_GRID) if e is not None),
                       progress=progress, executor=ex)
+        except ValueError as e:  # a directory of another configuration, an unknown device design
+            console.print(f"wearfed sweep: {e}")
+            return 2
         finally:
             ex.close()
     console.print((args.out / "sweep.md").read_text())

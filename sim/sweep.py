@@ -72,6 +72,8 @@ def run_sweep(base: StudyConfig, out: Path, *, populations: Sequence[int] = POPU
     ex = executor or InProcess()
     out.mkdir(parents=True, exist_ok=True)
     rows = _finished(out)
+    if rows:  # resuming: only rows of this very configuration (say, not a random start's under --public-pretrain)
+        _check_config(out / "sweep.json", json.loads((out / "sweep.json").read_text())["config"], base)
     done = {_key(r) for r in rows}
     todo = settings(populations, devices, dp_grid)
     total = len(todo) + len(populations) * (3 if day_release else 2)
@@ -184,17 +186,22 @@ def merge(out: Path, sources: Sequence[Path], base: StudyConfig) -> list[dict]:
             doc = json.loads((src / "sweep.json").read_text())
         except (OSError, ValueError) as e:
             raise ValueError(f"{src / 'sweep.json'}: not a sweep result ({e})") from None
-        theirs = {k: v for k, v in doc.get("config", {}).items() if k != "patients"}
-        mine = {k: v for k, v in json.loads(json.dumps(asdict(base), default=str)).items() if k != "patients"}
-        if theirs != mine:
-            diff = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
-            raise ValueError(f"{src / 'sweep.json'}: run with another configuration ({', '.join(diff)})")
+        _check_config(src / "sweep.json", doc.get("config", {}), base)
         for r in doc.get("rows", []):
             if _key(r) not in seen:
                 rows.append(r)
                 seen.add(_key(r))
     _write(out, rows, base)
     return rows
+
+
+def _check_config(path: Path, config: dict, base: StudyConfig) -> None:
+    """Refuse rows of a sweep run with another configuration than `base` (the population aside)."""
+    theirs = {k: v for k, v in config.items() if k != "patients"}
+    mine = {k: v for k, v in json.loads(json.dumps(asdict(base), default=str)).items() if k != "patients"}
+    if theirs != mine:
+        diff = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
+        raise ValueError(f"{path}: run with another configuration ({', '.join(diff)})")
 
 
 def _scores(scores: dict) -> dict:
@@ -301,8 +308,10 @@ def _day(rows: list[dict], n: int, eps: float | None) -> dict | None:
 def _start(base: StudyConfig) -> str:
     if base.public_pretrain_days <= 0:
         return f"random initial model, {base.dp_epochs} DP-SGD passes a round"
-    return (f"initial model trained without privacy on {base.public_pretrain_days:g} days of the 30 published subjects "
-            f"(public data), {base.dp_epochs} DP-SGD passes a round")
+    from sim.public_model import PUBLIC_SUBJECTS
+
+    return (f"initial model trained without privacy on {base.public_pretrain_days:g} days of the {PUBLIC_SUBJECTS} "
+            f"published subjects (public data), {base.dp_epochs} DP-SGD passes a round")
 
 
 def markdown(rows: list[dict], base: StudyConfig) -> str:

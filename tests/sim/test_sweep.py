@@ -62,6 +62,10 @@ def test_reduced_sweep_writes_every_output_and_resumes(tmp_path: Path) -> None:
                       dp_grid=(None, 4.0), progress=lambda msg, done, total: again.append(msg))
     assert len(rows2) == len(rows) and sum("device per-reading 2304/day, DP-SGD 4/patient" in m for m in again) == 1
     assert not any("baselines" in m or "pooled" in m for m in again)
+    # resuming with another configuration (here a publicly pretrained start) would mix its rows with these: refused
+    with pytest.raises(ValueError, match="another configuration \\(public_pretrain_days\\)"):
+        run_sweep(replace(BASE, public_pretrain_days=1.0), tmp_path, populations=(6,), devices=(("none", None),),
+                  dp_grid=(None,))
 
 
 def test_another_device_design_plugs_in_by_name(tmp_path: Path) -> None:
